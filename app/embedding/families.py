@@ -1,0 +1,200 @@
+"""One adapter per model family: which model class to load, which poolings it supports
+and how each is computed (DESIGN.md section 3). Chosen by `config.model_type`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    PretrainedConfig,
+    PreTrainedModel,
+    SiglipVisionModel,
+)
+
+from app.embedding.pooling import PoolingStrategy
+
+CLS, MEAN, MAX = PoolingStrategy.CLS, PoolingStrategy.MEAN, PoolingStrategy.MAX
+
+log = logging.getLogger(__name__)
+
+
+class FamilyAdapter:
+    """Base: load with AutoModel; subclasses say how to pool."""
+
+    name = "generic"
+    supported: tuple[PoolingStrategy, ...] = ()
+    default: PoolingStrategy = MEAN
+
+    def __init__(self, config: PretrainedConfig | None = None):
+        pass
+
+    def load(self, path: str | Path, config: PretrainedConfig, **kwargs) -> PreTrainedModel:
+        model, info = AutoModel.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+        self.check_loading_info(info)
+        return model
+
+    def check_loading_info(self, info: dict) -> None:
+        """Warn about weights the checkpoint lacked (they were initialised at random)."""
+        missing = list(info.get("missing_keys", ()))
+        if missing:
+            log.warning("checkpoint lacks %d weights, initialised at random: %s", len(missing), missing[:5])
+
+    def pool(self, outputs, strategy: PoolingStrategy) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Dinov2Adapter(FamilyAdapter):
+    """CLS = layer-normed [:, 0] (= pooler_output); mean/max over patch tokens only."""
+
+    name = "dinov2"
+    supported = (CLS, MEAN, MAX)
+    default = CLS
+
+    def __init__(self, config: PretrainedConfig):
+        # Register tokens sit between CLS and the patches and never enter mean/max.
+        self.first_patch = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+    def pool(self, outputs, strategy):
+        hidden = outputs.last_hidden_state
+        if strategy == CLS:
+            return hidden[:, 0]
+        patches = hidden[:, self.first_patch :]
+        return patches.mean(dim=1) if strategy == MEAN else patches.amax(dim=1)
+
+
+class VitAdapter(Dinov2Adapter):
+    """ViT: layer-normed CLS token; the pooler is never used (classification checkpoints
+    have no pooler weights, so it would be random)."""
+
+    name = "vit"
+
+    def __init__(self, config: PretrainedConfig):
+        self.first_patch = 1
+
+    def load(self, path, config, **kwargs):
+        return super().load(path, config, add_pooling_layer=False, **kwargs)
+
+
+class ClipAdapter(FamilyAdapter):
+    """The vision tower with its projection: image_embeds, the space the text tower shares."""
+
+    name = "clip"
+    supported = (CLS,)
+    default = CLS
+
+    def load(self, path, config, **kwargs):
+        if config.model_type == "clip":
+            # A full CLIPModel folder: the vision config does not carry the checkpoint's
+            # projection size (it defaults to 512), the top-level config does.
+            vision_config = CLIPVisionConfig(**config.vision_config.to_dict())
+            vision_config.projection_dim = config.projection_dim
+        else:
+            vision_config = config
+        model, info = CLIPVisionModelWithProjection.from_pretrained(
+            path, config=vision_config, output_loading_info=True, **kwargs
+        )
+        self.check_loading_info(info)
+        return model
+
+    def check_loading_info(self, info):
+        # Without the projection, image_embeds would be random: refuse rather than serve them.
+        missing = [k for k in info.get("missing_keys", ()) if "visual_projection" in k]
+        if missing:
+            raise ValueError(
+                "CLIP checkpoint has no visual_projection weights (a CLIPVisionModel without "
+                "projection): its image_embeds would be random"
+            )
+
+    def pool(self, outputs, strategy):
+        return outputs.image_embeds
+
+
+class SiglipAdapter(FamilyAdapter):
+    """CLS = the attention-pooling head (pooler_output); there is no CLS token."""
+
+    name = "siglip"
+    supported = (CLS, MEAN, MAX)
+    default = CLS
+
+    def __init__(self, config: PretrainedConfig):
+        vision = getattr(config, "vision_config", config)
+        if not getattr(vision, "vision_use_head", True):
+            self.supported = (MEAN, MAX)
+            self.default = MEAN
+
+    def load(self, path, config, **kwargs):
+        vision_config = config.vision_config if config.model_type == "siglip" else config
+        return SiglipVisionModel.from_pretrained(path, config=vision_config, **kwargs)
+
+    def pool(self, outputs, strategy):
+        if strategy == CLS:
+            return outputs.pooler_output
+        hidden = outputs.last_hidden_state
+        return hidden.mean(dim=1) if strategy == MEAN else hidden.amax(dim=1)
+
+
+class TokenAdapter(FamilyAdapter):
+    """Token sequences without a CLS token (Swin, SwinV2, unknown transformers)."""
+
+    name = "tokens"
+    supported = (MEAN, MAX)
+    default = MEAN
+
+    def pool(self, outputs, strategy):
+        hidden = outputs.last_hidden_state
+        return hidden.mean(dim=1) if strategy == MEAN else hidden.amax(dim=1)
+
+
+class FeatureMapAdapter(FamilyAdapter):
+    """CNNs: last_hidden_state is NCHW; mean is the model's own pooled output."""
+
+    name = "feature_map"
+    supported = (MEAN, MAX)
+    default = MEAN
+
+    def pool(self, outputs, strategy):
+        hidden = outputs.last_hidden_state
+        if strategy == MAX:
+            return hidden.amax(dim=(2, 3))
+        pooled = getattr(outputs, "pooler_output", None)
+        batch, channels = hidden.shape[:2]
+        if pooled is not None and pooled.numel() == batch * channels:
+            # ConvNeXt layer-norms its pooled output; others average: use what the model made.
+            return pooled.reshape(batch, channels)
+        return hidden.mean(dim=(2, 3))
+
+
+_BY_MODEL_TYPE = {
+    "dinov2": Dinov2Adapter,
+    "dinov2_with_registers": Dinov2Adapter,
+    "vit": VitAdapter,
+    "clip": ClipAdapter,
+    "clip_vision_model": ClipAdapter,
+    "siglip": SiglipAdapter,
+    "siglip_vision_model": SiglipAdapter,
+    "swin": TokenAdapter,
+    "swinv2": TokenAdapter,
+    "convnext": FeatureMapAdapter,
+    "convnextv2": FeatureMapAdapter,
+    "mobilenet_v2": FeatureMapAdapter,
+}
+
+
+def adapter_for(config: PretrainedConfig) -> FamilyAdapter | None:
+    """The family's adapter, or None for a model whose family is only known after a forward."""
+    cls = _BY_MODEL_TYPE.get(config.model_type)
+    return cls(config) if cls is not None else None
+
+
+def generic_adapter(hidden: torch.Tensor) -> FamilyAdapter:
+    """The generic rule for other AutoModel vision encoders, from last_hidden_state's rank."""
+    if hidden.ndim == 4:
+        return FeatureMapAdapter()
+    if hidden.ndim == 3:
+        return TokenAdapter()
+    raise ValueError(f"cannot pool a last_hidden_state of shape {tuple(hidden.shape)}")

@@ -1,0 +1,75 @@
+"""Where the model comes from (MODEL_DIR, MODEL_ID folder or hub id, embedded default) and
+loading it with its image processor and family adapter."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
+
+from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
+from app.embedding.families import FamilyAdapter, adapter_for
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    location: str  # a folder, or a hub id
+    model_id: str  # what responses report as model_id
+    origin: str  # for the start-up log
+
+
+@dataclass
+class LoadedModel:
+    source: ModelSource
+    config: PretrainedConfig
+    model: torch.nn.Module
+    processor: object
+    adapter: FamilyAdapter | None  # None: chosen from the first forward's output
+
+
+def find_model_folder(folder: Path) -> Path | None:
+    """`folder` if it holds a model, or its single sub-folder that does (storageUri layouts)."""
+    if (folder / "config.json").is_file():
+        return folder
+    if folder.is_dir():
+        candidates = [p for p in folder.iterdir() if (p / "config.json").is_file()]
+        if len(candidates) == 1:
+            return candidates[0]
+    return None
+
+
+def resolve_source(settings: Settings) -> ModelSource:
+    mounted = find_model_folder(settings.model_dir)
+    if mounted is not None:
+        return ModelSource(str(mounted), settings.model_id or mounted.name, f"MODEL_DIR {mounted}")
+    if settings.model_id:
+        if Path(settings.model_id).is_dir():
+            folder = find_model_folder(Path(settings.model_id))
+            if folder is None:
+                raise ValueError(f"MODEL_ID folder {settings.model_id} holds no config.json")
+            return ModelSource(str(folder), settings.model_id, f"local folder {folder}")
+        return ModelSource(settings.model_id, settings.model_id, "HuggingFace hub (or its cache)")
+    folder = ensure_default_model(settings.model_cache_dir)
+    return ModelSource(str(folder), DEFAULT_MODEL_ID, f"embedded default model, converted at {folder}")
+
+
+def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    config = AutoConfig.from_pretrained(source.location)
+    adapter = adapter_for(config)
+    kwargs = {"dtype": dtype}
+    if adapter is not None:
+        model = adapter.load(source.location, config, **kwargs)
+    else:
+        model = FamilyAdapter().load(source.location, config, **kwargs)
+    model = model.to(device).eval()
+    try:
+        processor = AutoImageProcessor.from_pretrained(source.location)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{source.location} has no usable image processor config: {exc}") from None
+    return LoadedModel(source, config, model, processor, adapter)

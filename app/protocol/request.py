@@ -1,0 +1,146 @@
+"""Turn a raw V2 infer body into validated tensors, whatever the Content-Type.
+
+tritonclient sends no Content-Type (sync) or application/octet-stream (aio) even for pure
+JSON, so the body is read raw and split by `Inference-Header-Content-Length`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import orjson
+from pydantic import ValidationError
+
+from app.errors import BadRequest
+from app.protocol.binary import decode_tensor, split_body
+from app.protocol.schema import DATATYPES, InferRequest, RequestInput
+
+# The input a raw-body request (Inference-Header-Content-Length: 0) carries.
+RAW_BODY_INPUT = "image"
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    values: list  # flat, row-major
+
+
+@dataclass
+class ParsedRequest:
+    request: InferRequest
+    tensors: dict[str, Tensor]
+
+
+def parse_infer_body(body: bytes, header_length: str | None) -> ParsedRequest:
+    if header_length is not None and header_length.strip() == "0":
+        # Raw binary request: no JSON header, the body is the single image itself.
+        if not body:
+            raise BadRequest("raw binary request has an empty body")
+        request = InferRequest(inputs=[RequestInput(name=RAW_BODY_INPUT, shape=[1], datatype="BYTES")])
+        return ParsedRequest(request, {RAW_BODY_INPUT: Tensor(RAW_BODY_INPUT, "BYTES", [1], [body])})
+
+    header, binary = split_body(body, header_length)
+    request = _validate_header(header)
+    tensors: dict[str, Tensor] = {}
+    offset = 0
+    for item in request.inputs:
+        if item.name in tensors:
+            raise BadRequest(f"input '{item.name}' appears more than once")
+        _check_shape_and_type(item)
+        size = (item.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if item.data is not None:
+                raise BadRequest(f"input '{item.name}' has both data and binary_data_size")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise BadRequest(f"input '{item.name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise BadRequest(
+                    f"input '{item.name}': binary_data_size {size} runs past the "
+                    f"{len(binary) - offset} binary bytes left in the body"
+                )
+            values = decode_tensor(item.datatype, binary[offset : offset + size], f"input '{item.name}'")
+            offset += size
+        else:
+            if item.data is None:
+                raise BadRequest(f"input '{item.name}' has no data")
+            values = _flatten(item.data)
+            _check_json_values(item.name, item.datatype, values)
+        expected = math.prod(item.shape)
+        if len(values) != expected:
+            raise BadRequest(
+                f"input '{item.name}': shape {item.shape} needs {expected} elements, got {len(values)}"
+            )
+        tensors[item.name] = Tensor(item.name, item.datatype, item.shape, values)
+    if offset != len(binary):
+        raise BadRequest(f"body has {len(binary) - offset} binary bytes beyond those the inputs declare")
+    return ParsedRequest(request, tensors)
+
+
+def _validate_header(header: bytes) -> InferRequest:
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise BadRequest("request body must be a JSON object with an 'inputs' list")
+    try:
+        return InferRequest.model_validate(document)
+    except ValidationError as exc:
+        raise BadRequest("invalid request: " + describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _check_shape_and_type(item: RequestInput) -> None:
+    if item.datatype not in DATATYPES:
+        raise BadRequest(
+            f"input '{item.name}': unknown datatype {item.datatype!r}; expected one of {', '.join(DATATYPES)}"
+        )
+    if any(dim < 0 for dim in item.shape):
+        raise BadRequest(f"input '{item.name}': shape {item.shape} has a negative dimension")
+
+
+def _flatten(data: object) -> list:
+    if not isinstance(data, list):
+        return [data]
+    flat: list = []
+    stack = [iter(data)]
+    while stack:  # iterative: a deeply nested list must not exhaust the recursion limit
+        for element in stack[-1]:
+            if isinstance(element, list):
+                stack.append(iter(element))
+                break
+            flat.append(element)
+        else:
+            stack.pop()
+    return flat
+
+
+def _check_json_values(name: str, datatype: str, values: list) -> None:
+    if datatype == "BYTES":
+        ok = lambda v: isinstance(v, str)  # noqa: E731
+        kind = "strings"
+    elif datatype == "BOOL":
+        ok = lambda v: isinstance(v, bool)  # noqa: E731
+        kind = "true/false"
+    elif datatype.startswith(("INT", "UINT")):
+        ok = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        kind = "integers"
+    else:
+        ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        kind = "numbers"
+    for index, value in enumerate(values):
+        if not ok(value):
+            raise BadRequest(
+                f"input '{name}' element {index}: {datatype} data must be {kind}, got {type(value).__name__}"
+            )

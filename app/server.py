@@ -1,0 +1,71 @@
+"""create_app(settings): the FastAPI app; its lifespan loads the model in the background so
+the health routes answer (not ready) while it loads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
+
+from app import __version__
+from app.api import health, models
+from app.api.errors import install_error_handlers
+from app.images.fetch import ImageFetcher
+from app.inference.service import InferenceService
+from app.protocol.schema import InferRequest
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    fetcher = ImageFetcher(settings.fetch_timeout_s, settings.max_image_bytes)
+    service = InferenceService(settings, fetcher)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        log.info("starting: serving model '%s' on %s:%d", service.model_name, settings.host, settings.port)
+        loading = asyncio.create_task(service.load())
+        try:
+            yield
+        finally:
+            log.info("shutting down")
+            loading.cancel()
+            await fetcher.aclose()
+            service.close()
+
+    app = FastAPI(
+        title="Image embedding server",
+        version=__version__,
+        description="Image embeddings from HuggingFace vision encoders over the Open Inference "
+        "Protocol V2 (KServe / Triton REST).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    _document_infer_request(app)
+    return app
+
+
+def _document_infer_request(app: FastAPI) -> None:
+    """The infer route reads its body raw (any Content-Type, binary data), so FastAPI cannot
+    see its schema: add InferRequest to the OpenAPI components by hand."""
+    build = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = build()
+            infer_schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(infer_schema.pop("$defs", {}))
+            components["InferRequest"] = infer_schema
+        return app.openapi_schema
+
+    app.openapi = openapi

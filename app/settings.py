@@ -1,0 +1,106 @@
+"""Service settings: read once at start-up from the environment and `python -m app` flags."""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.embedding.pooling import PoolingStrategy
+
+
+class DTypeSetting(enum.StrEnum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "image-embed"
+
+
+class Settings(BaseSettings):
+    """Every field is an environment variable (upper case) and a `--kebab-case` flag."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=False,
+        extra="ignore",
+        env_ignore_empty=True,
+        protected_namespaces=(),
+        validate_default=True,
+    )
+
+    model_id: str | None = Field(
+        None, description="HuggingFace model id or local folder; unset serves the embedded MobileNetV2"
+    )
+    model_name: str | None = Field(
+        None, description="name in /v2/models/<name>; default: last part of MODEL_ID"
+    )
+    model_dir: Path = Field(
+        Path("/mnt/models"), description="folder checked first for a model (KServe storageUri mount)"
+    )
+    model_cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR, description="where the embedded default model is converted once"
+    )
+    pooling_strategy: PoolingStrategy | None = Field(
+        None, description="default pooling (cls, mean, max); default: the model family's natural one"
+    )
+    normalize_embeddings: bool = Field(False, description="L2-normalise embeddings by default")
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    dtype: DTypeSetting = Field(
+        DTypeSetting.AUTO, description="auto (float16 on CUDA, else float32), float32, float16, bfloat16"
+    )
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(8080, ge=1, le=65535, description="port to listen on")
+    max_images_per_request: int = Field(64, ge=1, le=4096, description="images allowed in one request")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="images per forward pass")
+    fetch_timeout_s: float = Field(10.0, gt=0, le=600, description="timeout for fetching one image URL")
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="largest encoded image accepted, in bytes"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=64, description="largest decoded image accepted, in pixels (width x height)"
+    )
+    max_request_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"
+    )
+    log_level: str = Field("info", description="debug, info, warning, error")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be debug, info, warning, error or critical")
+        return value
+
+    @field_validator("model_id", "model_name")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def served_model_name(self) -> str:
+        """The name clients use in URLs: MODEL_NAME, else the last part of MODEL_ID."""
+        if self.model_name:
+            return self.model_name
+        if self.model_id:
+            return self.model_id.rstrip("/").rsplit("/", 1)[-1]
+        return DEFAULT_MODEL_NAME
+
+
+DEFAULT_MODEL_NAME = "mobilenet-v2"

@@ -1,0 +1,140 @@
+"""Test support: a real uvicorn server in a thread, a static HTTP server, real photos."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import io
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import uvicorn
+from PIL import Image
+
+from app.server import create_app
+from app.settings import Settings
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, settings: Settings, server: uvicorn.Server, app):
+        self.settings = settings
+        self.server = server
+        self.app = app
+        self.url = f"http://{LOOPBACK}:{settings.port}"
+        self.host_port = f"{LOOPBACK}:{settings.port}"
+        self.model = settings.served_model_name
+
+    def infer_url(self, model: str | None = None) -> str:
+        return f"{self.url}/v2/models/{model or self.model}/infer"
+
+
+@contextmanager
+def run_server(settings: Settings, wait_ready: bool = True, timeout_s: float = 120):
+    """The real app under uvicorn on 127.0.0.1; stopped when the block ends."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=LOOPBACK, port=settings.port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = RunningServer(settings, server, app)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        while wait_ready:
+            status = httpx.get(f"{running.url}/v2/health/ready").status_code
+            if status == 200:
+                break
+            if app.state.service.broken:
+                raise RuntimeError(f"model failed to load: {app.state.service.load_error}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.05)
+        yield running
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def server_settings(model_path: Path | str | None, tmp_dir: Path, **overrides) -> Settings:
+    """Settings for a test server: loopback, a free port, no /mnt/models lookup."""
+    values = dict(
+        model_id=str(model_path) if model_path else None,
+        model_dir=tmp_dir / "no-mounted-model",
+        host=LOOPBACK,
+        port=free_port(),
+        device="cpu",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+@contextmanager
+def static_server(folder: Path):
+    """A real HTTP server on 127.0.0.1 serving the files of `folder`."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def photo(name: str) -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def image_request(images: list[str], **flags) -> dict:
+    inputs = [{"name": "image", "shape": [len(images)], "datatype": "BYTES", "data": images}]
+    for name, value in flags.items():
+        inputs.append({"name": name, "shape": [1], "datatype": "BYTES", "data": [value]})
+    return {"inputs": inputs}
+
+
+def embeddings_of(response: httpx.Response) -> np.ndarray:
+    """The embeddings in the original service's `output` JSON string."""
+    import json
+
+    header = response.content
+    length = response.headers.get("inference-header-content-length")
+    if length is not None:
+        header = header[: int(length)]
+    output = next(o for o in json.loads(header)["outputs"] if o["name"] == "output")
+    document = json.loads(output["data"][0])
+    return np.asarray(document["embeddings"], dtype=np.float32)

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         None, description="HuggingFace model id or local folder; unset serves the embedded MobileNetV2"
     )
     model_name: str | None = Field(
-        None, description="name in /v2/models/<name>; default: last part of MODEL_ID"
+        None, description="name in the /v2/models/ routes; default: last part of MODEL_ID"
     )
     model_dir: Path = Field(
         Path("/mnt/models"), description="folder checked first for a model (KServe storageUri mount)"
@@ -104,3 +104,17 @@ class Settings(BaseSettings):
 
 
 DEFAULT_MODEL_NAME = "mobilenet-v2"
+
+
+def settings_markdown_table() -> str:
+    """The README's settings table, generated so that a test can keep the two equal."""
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        default = getattr(default, "value", default)
+        if name == "model_cache_dir":
+            default = "~/.cache/image-embed"
+        shown = "unset" if default is None else f"`{default}`"
+        flag = "--" + name.replace("_", "-")
+        rows.append(f"| `{name.upper()}` | `{flag}` | {shown} | {field.description} |")
+    return "\n".join(rows)

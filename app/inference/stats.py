@@ -49,7 +49,9 @@ class ModelStatistics:
             for t in timings:
                 self.execution_count += 1
                 self.inference_count += t.batch_size
-                by_phase = dict(zip(PHASES, (t.compute_input_ns, t.compute_infer_ns, t.compute_output_ns), strict=False))
+                by_phase = dict(
+                    zip(PHASES, (t.compute_input_ns, t.compute_infer_ns, t.compute_output_ns), strict=False)
+                )
                 for phase, ns in by_phase.items():
                     self.phases[phase].add(ns)
                     self.batches[t.batch_size][phase].add(ns)

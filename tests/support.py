@@ -138,3 +138,30 @@ def embeddings_of(response: httpx.Response) -> np.ndarray:
     output = next(o for o in json.loads(header)["outputs"] if o["name"] == "output")
     document = json.loads(output["data"][0])
     return np.asarray(document["embeddings"], dtype=np.float32)
+
+
+@contextmanager
+def slow_server(delay_s: float, body: bytes = b"", content_type: str = "image/jpeg"):
+    """An HTTP server on 127.0.0.1 that waits `delay_s` before answering every GET."""
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(delay_s)
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), Slow)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

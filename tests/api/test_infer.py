@@ -123,3 +123,27 @@ def test_images_of_one_request_share_forward_passes(dinov2_server, chelsea_bytes
     after = httpx.get(stats_url).json()["model_stats"][0]
     assert after["inference_count"] - before["inference_count"] == 5
     assert after["execution_count"] - before["execution_count"] == 1
+
+
+def test_raw_body_request_is_one_image(dinov2_server, chelsea_bytes):
+    response = httpx.post(
+        dinov2_server.infer_url(), content=chelsea_bytes, headers={"Inference-Header-Content-Length": "0"}
+    )
+    assert response.status_code == 200, response.text
+    as_json = post(dinov2_server, image_request([data_uri(chelsea_bytes)]))
+    np.testing.assert_array_equal(embeddings_of(response), embeddings_of(as_json))
+
+
+def test_parameters_timeout_bounds_the_request(dinov2_server, chelsea_bytes):
+    import time
+
+    from tests.support import slow_server
+
+    with slow_server(3.0, chelsea_bytes) as host:
+        payload = image_request([f"{host}/cat.jpg"]) | {"parameters": {"timeout": 300_000}}  # 0.3 s
+        started = time.monotonic()
+        response = post(dinov2_server, payload)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 504 and "300 ms" in response.json()["error"]
+    assert elapsed < 2.0
+    assert post(dinov2_server, image_request([data_uri(chelsea_bytes)])).status_code == 200

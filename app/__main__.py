@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pydantic import ValidationError
@@ -45,23 +46,40 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit(2) from None
 
 
+def export_to_environment(settings: Settings) -> None:
+    """Worker processes read their settings from the environment: put the flags there."""
+    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
+        os.environ[name.upper()] = str(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
 
     import uvicorn
 
     from app.logs import configure_logging
-    from app.server import create_app
 
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
+    common = dict(
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    if settings.workers > 1:
+        # Each worker process loads its own model copy and batcher (small models: two
+        # single-thread processes outrun one process with two torch threads).
+        export_to_environment(settings)
+        uvicorn.run(
+            "app.server:create_app_from_environment", factory=True, workers=settings.workers, **common
+        )
+    else:
+        from app.server import create_app
+        from app.shutdown import DrainingServer
+
+        app = create_app(settings)
+        DrainingServer(uvicorn.Config(app, **common), app.state.service, settings.shutdown_drain_s).run()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from app import __version__
 from app.api import health, models
 from app.api.errors import install_error_handlers
 from app.images.fetch import ImageFetcher
+from app.images.url_policy import UrlPolicy
 from app.inference.service import InferenceService
+from app.logs import configure_logging
 from app.protocol.schema import InferRequest
 from app.settings import Settings
 
@@ -22,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
-    fetcher = ImageFetcher(settings.fetch_timeout_s, settings.max_image_bytes)
+    fetcher = ImageFetcher(
+        settings.fetch_timeout_s,
+        settings.max_image_bytes,
+        UrlPolicy.from_settings(settings),
+        max_concurrent=settings.max_concurrent_fetches,
+    )
     service = InferenceService(settings, fetcher)
 
     @asynccontextmanager
@@ -34,8 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             log.info("shutting down")
             loading.cancel()
+            await service.close()
             await fetcher.aclose()
-            service.close()
 
     app = FastAPI(
         title="Image embedding server",
@@ -52,6 +59,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     _document_infer_request(app)
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one worker process (`WORKERS` > 1): settings come from the environment."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 def _document_infer_request(app: FastAPI) -> None:

@@ -59,13 +59,50 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8080, ge=1, le=65535, description="port to listen on")
     max_images_per_request: int = Field(64, ge=1, le=4096, description="images allowed in one request")
-    max_batch_size: int = Field(32, ge=1, le=4096, description="images per forward pass")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="most images in one forward pass")
+    max_batch_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="longest wait for more images before a forward pass"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model at start-up, once per batch-size bucket"
+    )
+    channels_last: bool | None = Field(
+        None, description="channels_last memory layout; default: on for convolutional models"
+    )
+    fast_preprocessing: bool = Field(
+        True, description="uint8 torch resize/crop/normalise instead of the transformers processor"
+    )
+    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0: cores / WORKERS")
+    workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     fetch_timeout_s: float = Field(10.0, gt=0, le=600, description="timeout for fetching one image URL")
+    fetch_total_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="timeout for fetching all the images of one request"
+    )
+    max_concurrent_fetches: int = Field(32, ge=1, le=4096, description="image downloads in flight at once")
+    allow_urls: bool = Field(True, description="fetch image URLs at all (false: inline images only)")
+    allow_private_urls: bool = Field(
+        False, description="allow URLs to loopback, private and link-local addresses (in-cluster stores)"
+    )
+    url_allowlist: str = Field(
+        "", description="comma-separated hosts and CIDR networks; when set, the only URLs fetched"
+    )
     max_image_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="largest encoded image accepted, in bytes"
     )
     max_image_pixels: int = Field(
         40_000_000, ge=64, description="largest decoded image accepted, in pixels (width x height)"
+    )
+    max_queue_images: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="images admitted and not yet answered; past it: 503 + Retry-After",
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="default deadline of a request (parameters.timeout overrides it)"
+    )
+    shutdown_drain_s: float = Field(
+        5.0, ge=0, le=300, description="on SIGTERM, seconds answering 503 before closing the listener"
     )
     max_request_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"

@@ -46,7 +46,11 @@ class RunningServer:
 def run_server(settings: Settings, wait_ready: bool = True, timeout_s: float = 120):
     """The real app under uvicorn on 127.0.0.1; stopped when the block ends."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host=LOOPBACK, port=settings.port, log_config=None, access_log=False)
+    # The asyncio loop (not uvloop): its sockets pass through socket.connect, where the
+    # security tests' tripwire watches every connection attempt.
+    config = uvicorn.Config(
+        app, host=LOOPBACK, port=settings.port, log_config=None, access_log=False, loop="asyncio"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -80,6 +84,7 @@ def server_settings(model_path: Path | str | None, tmp_dir: Path, **overrides) -
         host=LOOPBACK,
         port=free_port(),
         device="cpu",
+        allow_private_urls=True,  # the test image servers listen on 127.0.0.1
     )
     values.update(overrides)
     return Settings(**values)

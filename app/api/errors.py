@@ -22,7 +22,7 @@ def error_response(status_code: int, message: str, headers: dict | None = None) 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
-        return error_response(exc.status_code, exc.message)
+        return error_response(exc.status_code, exc.message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

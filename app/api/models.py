@@ -56,7 +56,7 @@ async def all_model_stats(service: InferenceService = Depends(get_service)):
 async def model_metadata(model_name: str, model_version: str | None = None,
                          service: InferenceService = Depends(get_service)):  # fmt: skip
     service.check_model(model_name, model_version)
-    embedder = service.require_ready()
+    embedder = service.require_loaded()
     dim = embedder.embedding_dim
     flag = {"datatype": "BYTES", "shape": [1]}
     return ModelMetadata(

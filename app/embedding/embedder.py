@@ -1,5 +1,5 @@
-"""The embedder: preprocess images with the model's processor, forward in batches, pool,
-normalise. Synchronous and thread-confined: callers run it off the event loop."""
+"""The embedder: one forward pass over a batch of preprocessed images, then pooling and
+normalisation per request. Synchronous and thread-confined: the batcher's thread runs it."""
 
 from __future__ import annotations
 
@@ -12,13 +12,24 @@ import torch
 from PIL import Image
 
 from app.embedding.device import resolve_device, resolve_dtype
-from app.embedding.families import FamilyAdapter, generic_adapter
+from app.embedding.execution import ExecutionOptions, configure_threads, prepare_model
+from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES, FamilyAdapter, generic_adapter
 from app.embedding.loader import LoadedModel, load_model, resolve_source
 from app.embedding.pooling import PoolingStrategy
+from app.embedding.preprocess import make_preprocessor
 from app.errors import UnsupportedPooling
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    """One request's share of a batch: its image count and how it wants them pooled."""
+
+    count: int
+    strategy: PoolingStrategy
+    normalize: bool
 
 
 @dataclass
@@ -26,24 +37,27 @@ class ExecutionTiming:
     """One forward pass: its batch size and how long each phase took."""
 
     batch_size: int
-    compute_input_ns: int  # image processor, copy to the device
+    compute_input_ns: int  # stacking and padding the batch (preprocessing: see the batcher)
     compute_infer_ns: int  # the model's forward
     compute_output_ns: int  # pooling, normalisation, copy back
 
 
 class Embedder:
-    def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, max_batch_size: int):
+    def __init__(self, loaded: LoadedModel, options: ExecutionOptions, fast_preprocessing: bool = True):
         self.loaded = loaded
-        self.model = loaded.model
-        self.processor = loaded.processor
-        self.device = device
-        self.dtype = dtype
-        self.max_batch_size = max_batch_size
+        self.options = options
+        self.device = options.device
+        self.dtype = options.dtype
+        self.max_batch_size = options.max_batch_size
         self.model_id = loaded.source.model_id
         self.model_type = loaded.config.model_type
-        # One warm-up forward tells the embedding size and, for unknown families, the rule.
-        probe = Image.new("RGB", (64, 64), (128, 128, 128))
-        outputs = self._forward(self.preprocess([probe]))
+        self.preprocessor = make_preprocessor(loaded.processor, allow_fast=fast_preprocessing)
+        self.model = loaded.model
+        self.forward_model = prepare_model(loaded.model, options)
+        # One eager forward tells the input and embedding sizes and, for unknown families, the rule.
+        probe = self.preprocessor(Image.new("RGB", (64, 64), (128, 128, 128)))
+        self.input_shape = tuple(probe.shape)
+        outputs = self._forward(probe.unsqueeze(0), self.model)
         self.adapter: FamilyAdapter = loaded.adapter or generic_adapter(outputs.last_hidden_state)
         self.embedding_dim = int(self.adapter.pool(outputs, self.adapter.default).shape[-1])
 
@@ -51,16 +65,38 @@ class Embedder:
     def from_settings(cls, settings: Settings) -> Embedder:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
+        threads = configure_threads(settings.torch_threads, settings.workers)
         source = resolve_source(settings)
         started = time.perf_counter()
         loaded = load_model(source, device, dtype)
-        embedder = cls(loaded, device, dtype, settings.max_batch_size)
+        is_cnn = loaded.config.model_type in CONVOLUTIONAL_MODEL_TYPES
+        options = ExecutionOptions(
+            device=device,
+            dtype=dtype,
+            channels_last=settings.channels_last if settings.channels_last is not None else is_cnn,
+            compile=settings.compile,
+            max_batch_size=settings.max_batch_size,
+        )
+        embedder = cls(loaded, options, settings.fast_preprocessing)
+        embedder.warm_up()
         log.info(
-            "loaded model %s (%s, family %s, %d-d embeddings) from %s on %s as %s in %.1f s",
+            "loaded model %s (%s, family %s, %d-d embeddings) from %s on %s as %s "
+            "(channels_last=%s, compile=%s, %d torch threads, %s preprocessing) in %.1f s",
             source.model_id, embedder.model_type, embedder.adapter.name, embedder.embedding_dim,
-            source.origin, device, str(dtype).removeprefix("torch."), time.perf_counter() - started,
+            source.origin, device, str(dtype).removeprefix("torch."), options.channels_last,
+            options.compile, threads, "fast" if embedder.preprocessor.fast else "processor",
+            time.perf_counter() - started,
         )  # fmt: skip
         return embedder
+
+    def warm_up(self) -> None:
+        """Run the largest batch (and, compiled, every bucket) before readiness: the first
+        request pays no allocation or compilation."""
+        sizes = self.options.buckets if self.options.compile else (self.max_batch_size,)
+        for size in sizes:
+            started = time.perf_counter()
+            self._forward(torch.zeros((size, *self.input_shape)), self.forward_model)
+            log.debug("warm-up forward at batch %d took %.2f s", size, time.perf_counter() - started)
 
     @property
     def supported_poolings(self) -> tuple[PoolingStrategy, ...]:
@@ -78,31 +114,52 @@ class Embedder:
                 f"({self.model_type}); supported: {choices}"
             )
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
-
-    def _forward(self, pixel_values: torch.Tensor):
+    def _forward(self, pixels: torch.Tensor, model):
+        pixels = pixels.to(self.device, self.dtype)
+        if self.options.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.model(pixel_values=pixel_values.to(self.device, self.dtype))
+            return model(pixel_values=pixels)
+
+    def embed_pixels(
+        self, pixels: torch.Tensor, requests: list[PoolRequest]
+    ) -> tuple[list[np.ndarray], ExecutionTiming]:
+        """One forward pass over `pixels` (the requests' images, stacked in order); each
+        request gets its own rows pooled and normalised its own way."""
+        t0 = time.perf_counter_ns()
+        batch = pixels.shape[0]
+        if self.options.compile:
+            padded = self.options.bucket_for(batch)
+            if padded > batch:
+                pixels = torch.cat([pixels, pixels.new_zeros((padded - batch, *pixels.shape[1:]))])
+        t1 = time.perf_counter_ns()
+        outputs = self._forward(pixels, self.forward_model)
+        t2 = time.perf_counter_ns()
+        with torch.inference_mode():
+            pooled = {
+                strategy: self.adapter.pool(outputs, strategy)[:batch].float().cpu()
+                for strategy in {r.strategy for r in requests}
+            }
+        results = []
+        row = 0
+        for request in requests:
+            rows = pooled[request.strategy][row : row + request.count]
+            if request.normalize:
+                rows = torch.nn.functional.normalize(rows, p=2, dim=-1)
+            results.append(rows.numpy())
+            row += request.count
+        return results, ExecutionTiming(batch, t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
     def embed(
         self, images: list[Image.Image], strategy: PoolingStrategy, normalize: bool
     ) -> tuple[np.ndarray, list[ExecutionTiming]]:
-        """[N, D] float32 embeddings, forwarding at most max_batch_size images at a time."""
+        """[N, D] float32 embeddings of PIL images, max_batch_size per forward pass (no batcher)."""
         self.check_pooling(strategy)
-        pieces = []
-        timings = []
+        pieces, timings = [], []
         for start in range(0, len(images), self.max_batch_size):
-            t0 = time.perf_counter_ns()
             chunk = images[start : start + self.max_batch_size]
-            pixel_values = self.preprocess(chunk).to(self.device, self.dtype)
-            t1 = time.perf_counter_ns()
-            outputs = self._forward(pixel_values)
-            t2 = time.perf_counter_ns()
-            with torch.inference_mode():
-                pooled = self.adapter.pool(outputs, strategy).float()
-                if normalize:
-                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-            pieces.append(pooled.cpu().numpy())
-            timings.append(ExecutionTiming(len(chunk), t1 - t0, t2 - t1, time.perf_counter_ns() - t2))
+            pixels = torch.stack([self.preprocessor(image) for image in chunk])
+            [rows], timing = self.embed_pixels(pixels, [PoolRequest(len(chunk), strategy, normalize)])
+            pieces.append(rows)
+            timings.append(timing)
         return np.concatenate(pieces, axis=0), timings

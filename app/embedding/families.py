@@ -185,6 +185,12 @@ _BY_MODEL_TYPE = {
 }
 
 
+# Families whose forward is convolutional: channels_last memory layout helps them.
+CONVOLUTIONAL_MODEL_TYPES = frozenset(
+    name for name, adapter in _BY_MODEL_TYPE.items() if adapter is FeatureMapAdapter
+) | {"resnet", "regnet", "efficientnet", "mobilenet_v1"}
+
+
 def adapter_for(config: PretrainedConfig) -> FamilyAdapter | None:
     """The family's adapter, or None for a model whose family is only known after a forward."""
     cls = _BY_MODEL_TYPE.get(config.model_type)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -19,7 +20,9 @@ MAX_ASPECT_RATIO = 50.0
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, draft_min_side: int | None = None) -> Image.Image:
+    """RGB image; a JPEG is decoded at a reduced scale (DCT scaling, several times faster)
+    when its shorter side stays at least `draft_min_side`."""
     if not data:
         raise ImageError("empty image data")
     try:
@@ -35,6 +38,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"image is {width}x{height}, smaller than {MIN_SIDE} pixels on a side")
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise ImageError(f"image is {width}x{height}: aspect ratio over {MAX_ASPECT_RATIO:g}:1")
+    if draft_min_side and image.format == "JPEG":
+        size = draft_size(width, height, draft_min_side)
+        if size is not None:
+            image.draft(None, size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -43,6 +50,14 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image data is corrupt or truncated: {exc}") from None
+
+
+def draft_size(width: int, height: int, min_side: int) -> tuple[int, int] | None:
+    """The size to ask a JPEG decoder for so that the shorter side stays >= min_side."""
+    scale = min_side / min(width, height)
+    if scale >= 1:
+        return None
+    return math.ceil(width * scale), math.ceil(height * scale)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

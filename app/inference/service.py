@@ -1,24 +1,24 @@
-"""The inference service: owns the embedder's lifecycle and turns an infer body into a
-V2 answer (parse -> fetch and decode concurrently -> embed off the loop -> respond)."""
+"""The inference service: owns the model's lifecycle (load, batcher, supervision, drain)
+and turns an infer body into a V2 answer: parse -> admit -> prepare images -> batch ->
+respond."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from PIL import Image
-
+from app.embedding.embedder import Embedder, PoolRequest
 from app.embedding.pooling import PoolingStrategy
-from app.errors import ImageError, InputError, ModelNotFound, ServiceError, ServiceUnavailable
-from app.images.decode import decode_image
+from app.errors import ModelNotFound, ServiceError, ServiceUnavailable
 from app.images.fetch import ImageFetcher
-from app.images.sources import SourceKind, classify, decode_base64, decode_data_uri
+from app.inference.batcher import DynamicBatcher, WorkerDied
+from app.inference.preparation import ImagePreparer
 from app.inference.response import build_response
-from app.inference.spec import IMAGE_INPUT, EmbedRequestSpec, build_spec
+from app.inference.spec import EmbedRequestSpec, build_spec
 from app.inference.stats import ModelStatistics
 from app.protocol.encoding import decode_content
 from app.protocol.request import parse_infer_body
@@ -27,10 +27,17 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
+SUPERVISE_EVERY_S = 0.5
 
 
 class DeadlineExceeded(ServiceError):
     status_code = 504
+
+
+class Overloaded(ServiceUnavailable):
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 @dataclass
@@ -46,32 +53,76 @@ class InferenceService:
         self.settings = settings
         self.model_name = settings.served_model_name
         self.fetcher = fetcher
-        self.embedder = None
+        self.preparer = ImagePreparer(settings, fetcher)
+        self.embedder: Embedder | None = None
+        self.batcher: DynamicBatcher | None = None
         self.load_error: str | None = None
+        self.draining = False
         self.stats = ModelStatistics(self.model_name, MODEL_VERSION)
-        # Torch work is confined to one thread: the model is never run concurrently with itself.
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self.admitted_images = 0  # admitted and not yet answered: the backpressure bound
+        self._preparing = 0  # requests fetching or decoding: the batcher waits for them
+        self._supervisor: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def load(self) -> None:
         try:
-            embedder = await asyncio.get_running_loop().run_in_executor(
-                self._model_thread, _load_embedder, self.settings
-            )
+            embedder = await asyncio.to_thread(Embedder.from_settings, self.settings)
             if self.settings.pooling_strategy is not None:
                 embedder.check_pooling(self.settings.pooling_strategy)
-            self.embedder = embedder
         except Exception as exc:  # noqa: BLE001 - any load failure leaves the server unready
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", self.load_error)
+            return
+        self.embedder = embedder
+        self.batcher = self._start_batcher()
+        self._supervisor = asyncio.create_task(self._supervise())
 
-    def close(self) -> None:
-        self._model_thread.shutdown(wait=False, cancel_futures=True)
+    def _start_batcher(self) -> DynamicBatcher:
+        # The batcher's thread is the only one that runs the model.
+        batcher = DynamicBatcher(
+            self.embedder.embed_pixels,
+            max_batch=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000,
+            more_expected=lambda: self._preparing > 0,
+            on_execution=self.stats.record_execution,
+        )
+        batcher.start()
+        return batcher
+
+    async def _supervise(self) -> None:
+        """Restart the inference worker if its thread dies; unready until it runs again."""
+        while True:
+            await asyncio.sleep(SUPERVISE_EVERY_S)
+            if self.batcher is not None and not self.batcher.alive and not self.draining:
+                failed = self.batcher.fail_pending(
+                    WorkerDied("the inference worker stopped; retry the request")
+                )
+                log.error("inference worker died (%d queued requests failed): restarting it", failed)
+                self.batcher = self._start_batcher()
+
+    def start_draining(self) -> None:
+        """SIGTERM: readiness turns false and new requests get 503; in-flight ones finish."""
+        if not self.draining:
+            log.info("draining: refusing new requests, finishing %d admitted images", self.admitted_images)
+        self.draining = True
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.stop)
 
     @property
     def ready(self) -> bool:
-        return self.embedder is not None
+        return (
+            self.embedder is not None
+            and self.batcher is not None
+            and self.batcher.alive
+            and not self.draining
+        )
 
     @property
     def broken(self) -> bool:
@@ -83,15 +134,23 @@ class InferenceService:
         if version is not None and version != MODEL_VERSION:
             raise ModelNotFound(f"model '{name}' has no version '{version}'; it has version {MODEL_VERSION}")
 
-    def require_ready(self):
+    def require_loaded(self) -> Embedder:
         if self.embedder is None:
             state = f"failed to load ({self.load_error})" if self.load_error else "is loading"
             raise ServiceUnavailable(f"model '{self.model_name}' {state}")
         return self.embedder
 
+    def require_ready(self) -> Embedder:
+        embedder = self.require_loaded()
+        if self.draining:
+            raise ServiceUnavailable("server is shutting down; send the request to another replica")
+        if not self.ready:
+            raise ServiceUnavailable("inference worker is restarting; retry the request")
+        return embedder
+
     @property
     def default_pooling(self) -> PoolingStrategy:
-        return self.settings.pooling_strategy or self.require_ready().default_pooling
+        return self.settings.pooling_strategy or self.require_loaded().default_pooling
 
     # --- inference -------------------------------------------------------------------------
 
@@ -104,93 +163,41 @@ class InferenceService:
         try:
             raw = decode_content(body, content_encoding, self.settings.max_request_bytes)
             spec = build_spec(parse_infer_body(raw, header_length), self.settings.max_images_per_request)
-            coroutine = self._infer(embedder, spec)
-            if spec.timeout_us is not None:
-                try:
-                    answer = await asyncio.wait_for(coroutine, spec.timeout_us / 1e6)
-                except TimeoutError:
-                    raise DeadlineExceeded(
-                        f"request did not finish within its timeout of {spec.timeout_us / 1000:g} ms"
-                    ) from None
-            else:
-                answer = await coroutine
+            count = len(spec.images)
+            if self.admitted_images + count > self.settings.max_queue_images:
+                raise Overloaded(
+                    f"server is at capacity ({self.admitted_images} images waiting, limit "
+                    f"{self.settings.max_queue_images}); retry shortly"
+                )
+            deadline_s = spec.timeout_us / 1e6 if spec.timeout_us else self.settings.request_timeout_s
+            self.admitted_images += count
+            try:
+                # A request whose deadline passes while it waits is cancelled: its queued
+                # work is skipped by the batcher, never computed.
+                answer = await asyncio.wait_for(self._infer(embedder, spec), deadline_s)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"request did not finish within its timeout of {deadline_s * 1000:g} ms"
+                ) from None
+            finally:
+                self.admitted_images -= count
             ok = True
             return answer
         finally:
             self.stats.record_request(ok, time.perf_counter_ns() - started)
 
-    async def _infer(self, embedder, spec: EmbedRequestSpec) -> InferAnswer:
+    async def _infer(self, embedder: Embedder, spec: EmbedRequestSpec) -> InferAnswer:
         pooling = spec.pooling or self.default_pooling
         embedder.check_pooling(pooling)  # before any download
         normalize = self.settings.normalize_embeddings if spec.normalize is None else spec.normalize
-        images = await self.load_images(spec.images)
-        submitted = time.perf_counter_ns()
-
-        def run():
-            queue_ns = time.perf_counter_ns() - submitted
-            embeddings, timings = embedder.embed(images, pooling, normalize)
-            self.stats.record_executions(timings, queue_ns)
-            return embeddings
-
-        embeddings = await asyncio.get_running_loop().run_in_executor(self._model_thread, run)
+        self._preparing += 1
+        try:
+            pixels = await self.preparer.prepare(spec.images, embedder.preprocessor)
+        finally:
+            self._preparing -= 1
+        embeddings = await self.batcher.submit(pixels, PoolRequest(len(spec.images), pooling, normalize))
         request_id = spec.request_id or str(uuid.uuid4())
         body, header_length = build_response(
             request_id, self.model_name, embedder.model_id, embeddings, spec.outputs
         )
-        return InferAnswer(body, header_length, request_id, len(images))
-
-    async def load_images(self, elements: list[str | bytes]) -> list[Image.Image]:
-        """Fetch and decode every element concurrently; the first failure (by index) wins."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._load_image(i, e)) for i, e in enumerate(elements)]
-        except BaseExceptionGroup as failures:
-            raise _first_input_error(failures) from None
-        return [task.result() for task in tasks]
-
-    async def _load_image(self, index: int, element: str | bytes) -> Image.Image:
-        try:
-            data = await self._image_bytes(element)
-            return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels)
-        except ImageError as exc:
-            raise InputError(IMAGE_INPUT, index, exc.message) from None
-
-    async def _image_bytes(self, element: str | bytes) -> bytes:
-        source = classify(element)
-        if source.kind is SourceKind.URL:
-            return await self.fetcher.fetch(source.value)
-        if source.kind is SourceKind.DATA_URI:
-            data = decode_data_uri(source.value)
-        elif source.kind is SourceKind.BASE64:
-            data = decode_base64(source.value)
-        else:
-            data = source.value
-        if len(data) > self.settings.max_image_bytes:
-            raise ImageError(
-                f"image is {len(data)} bytes, over the {self.settings.max_image_bytes}-byte limit"
-            )
-        return data
-
-
-def _load_embedder(settings: Settings):
-    # Imported here, in the model thread: importing torch and transformers takes seconds
-    # and must not block the event loop while the health routes answer.
-    from app.embedding.embedder import Embedder
-
-    return Embedder.from_settings(settings)
-
-
-def _first_input_error(group: BaseExceptionGroup) -> BaseException:
-    leaves = list(_leaves(group))
-    input_errors = [e for e in leaves if isinstance(e, InputError)]
-    if input_errors:
-        return min(input_errors, key=lambda e: e.index)
-    return leaves[0]
-
-
-def _leaves(error: BaseException):
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
+        return InferAnswer(body, header_length, request_id, len(spec.images))

@@ -43,18 +43,17 @@ class ModelStatistics:
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record_executions(self, timings: list[ExecutionTiming], queue_ns: int) -> None:
+    def record_execution(self, timing: ExecutionTiming, queue_ns: list[int]) -> None:
+        """One forward pass, and how long each of its requests waited in the queue."""
         with self._lock:
-            self.queue.add(queue_ns)
-            for t in timings:
-                self.execution_count += 1
-                self.inference_count += t.batch_size
-                by_phase = dict(
-                    zip(PHASES, (t.compute_input_ns, t.compute_infer_ns, t.compute_output_ns), strict=False)
-                )
-                for phase, ns in by_phase.items():
-                    self.phases[phase].add(ns)
-                    self.batches[t.batch_size][phase].add(ns)
+            for ns in queue_ns:
+                self.queue.add(ns)
+            self.execution_count += 1
+            self.inference_count += timing.batch_size
+            by_phase = (timing.compute_input_ns, timing.compute_infer_ns, timing.compute_output_ns)
+            for phase, ns in zip(PHASES, by_phase, strict=True):
+                self.phases[phase].add(ns)
+                self.batches[timing.batch_size][phase].add(ns)
 
     def record_request(self, ok: bool, duration_ns: int) -> None:
         with self._lock:

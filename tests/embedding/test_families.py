@@ -75,6 +75,9 @@ def images():
 
 
 def load(path, tmp_path_factory, **overrides) -> Embedder:
+    # The transformers processor, so that only pooling differs from the reference
+    # (the fast path has its own fidelity tests).
+    overrides.setdefault("fast_preprocessing", False)
     settings = Settings(
         model_id=str(path), model_dir=tmp_path_factory.mktemp("empty"), device="cpu", **overrides
     )

@@ -1,0 +1,115 @@
+"""Image -> model input tensor, one image at a time (so it runs in the decoding threads,
+overlapping the forward pass).
+
+For the common processors (resize, optional centre crop, rescale, normalise) a uint8 torch
+path replaces the transformers processor: antialiased `F.interpolate` on the uint8 image,
+crop, then normalise. It gives the processor's embeddings to cosine 0.9999 at a fifth of
+its cost (DESIGN.md section 7). Any other processor is called as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# Processors whose whole pipeline is resize -> [centre crop] -> rescale -> normalise.
+_SIMPLE_PROCESSORS = (
+    "BitImageProcessor", "CLIPImageProcessor", "MobileNetV2ImageProcessor",
+    "ViTImageProcessor", "SiglipImageProcessor", "DeiTImageProcessor",
+)  # fmt: skip
+_MODES = {Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC: "bicubic"}
+
+
+class Preprocessor:
+    """Calls the model's own image processor on one image."""
+
+    fast = False
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.draft_min_side = None  # no reduced-scale decoding: the processor decides
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+
+class FastPreprocessor(Preprocessor):
+    """The uint8 torch path for simple resize/crop/normalise processors."""
+
+    fast = True
+
+    def __init__(self, processor, resize: tuple[str, int | tuple[int, int]], crop: tuple[int, int] | None):
+        super().__init__(processor)
+        self.resize_kind, self.resize_to = resize
+        self.crop = crop
+        self.mode = _MODES[Image.Resampling(processor.resample)]
+        scale = processor.rescale_factor if processor.do_rescale else 1.0
+        mean = np.asarray(processor.image_mean if processor.do_normalize else (0.0, 0.0, 0.0), np.float32)
+        std = np.asarray(processor.image_std if processor.do_normalize else (1.0, 1.0, 1.0), np.float32)
+        # (x * scale - mean) / std == x * a + b, one fused multiply-add per pixel.
+        self.multiply = torch.from_numpy(scale / std).view(3, 1, 1)
+        self.add = torch.from_numpy(-mean / std).view(3, 1, 1)
+        target = self.resize_to if self.resize_kind == "shortest_edge" else min(self.resize_to)
+        # JPEG draft decoding must leave about twice the resize target: asking for exactly the
+        # target loses detail the antialiased resize would have used (cosine 0.986 vs 0.9999).
+        self.draft_min_side = 2 * target
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) after the resize, as transformers computes it."""
+        if self.resize_kind == "size":
+            return self.resize_to
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize_to, int(self.resize_to * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        height, width = self.output_size(image.width, image.height)
+        if (height, width) != (image.height, image.width):
+            pixels = F.interpolate(
+                pixels.unsqueeze(0), size=(height, width), mode=self.mode, antialias=True, align_corners=False
+            )[0]
+        if self.crop is not None:
+            crop_h, crop_w = self.crop
+            top, left = (height - crop_h) // 2, (width - crop_w) // 2
+            if top < 0 or left < 0:
+                return super().__call__(image)  # the processor pads images smaller than the crop
+            pixels = pixels[:, top : top + crop_h, left : left + crop_w]
+        return pixels.float().mul_(self.multiply).add_(self.add).contiguous()
+
+
+def make_preprocessor(processor, allow_fast: bool = True) -> Preprocessor:
+    if allow_fast:
+        plan = _fast_plan(processor)
+        if plan is not None:
+            return FastPreprocessor(processor, *plan)
+    return Preprocessor(processor)
+
+
+def _fast_plan(processor):
+    name = type(processor).__name__.removesuffix("Pil").removesuffix("Fast")
+    if name not in _SIMPLE_PROCESSORS or not getattr(processor, "do_resize", False):
+        return None
+    if getattr(processor, "do_pad", False) or getattr(processor, "crop_pct", None):
+        return None
+    try:
+        if Image.Resampling(processor.resample) not in _MODES:
+            return None
+    except ValueError:
+        return None
+    size = processor.size
+    if getattr(size, "shortest_edge", None) and not getattr(size, "height", None):
+        resize = ("shortest_edge", int(size.shortest_edge))
+    elif getattr(size, "height", None) and getattr(size, "width", None):
+        resize = ("size", (int(size.height), int(size.width)))
+    else:
+        return None
+    crop = None
+    if getattr(processor, "do_center_crop", False):
+        crop_size = processor.crop_size
+        if not (getattr(crop_size, "height", None) and getattr(crop_size, "width", None)):
+            return None
+        crop = (int(crop_size.height), int(crop_size.width))
+    return resize, crop

@@ -1,0 +1,225 @@
+"""Dynamic batching across requests: images from concurrent requests share forward passes.
+
+Requests put their preprocessed images on a queue; one model thread takes up to
+`max_batch` images, waiting at most `max_wait_s` for more only while the queue is short
+of a full batch and more work is on its way, runs one forward pass and hands each request
+its own rows, pooled and normalised its own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from app.embedding.embedder import ExecutionTiming, PoolRequest
+from app.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class WorkerDied(ServiceUnavailable):
+    pass
+
+
+@dataclass
+class WorkItem:
+    pixels: torch.Tensor  # [n, 3, H, W]
+    request: PoolRequest
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+    @property
+    def count(self) -> int:
+        return self.pixels.shape[0]
+
+
+RunBatch = Callable[[torch.Tensor, list[PoolRequest]], tuple[list[np.ndarray], ExecutionTiming]]
+OnExecution = Callable[[ExecutionTiming, list[int]], None]
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch: int,
+        max_wait_s: float,
+        more_expected: Callable[[], bool] = lambda: True,
+        on_execution: OnExecution | None = None,
+    ):
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        # Waiting only pays when another request is on its way (being fetched or decoded).
+        self.more_expected = more_expected
+        self.on_execution = on_execution
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._carried: collections.deque[WorkItem] = collections.deque()  # model thread only
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # recent forward passes
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def submit(self, pixels: torch.Tensor, request: PoolRequest) -> np.ndarray:
+        """The request's [n, D] embeddings; large requests are split into max_batch chunks."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for chunk in pixels.split(self.max_batch):
+            future = loop.create_future()
+            self._queue.put(
+                WorkItem(
+                    chunk, PoolRequest(chunk.shape[0], request.strategy, request.normalize), future, loop
+                )
+            )
+            futures.append(future)
+        parts = await asyncio.gather(*futures)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    # --- model thread ----------------------------------------------------------------------
+
+    def _next(self, timeout_s: float | None):
+        if self._carried:
+            return self._carried.popleft()
+        try:
+            if timeout_s is None:
+                return self._queue.get()
+            return self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _collect(self, first: WorkItem) -> list[WorkItem]:
+        batch, size = [first], first.count
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch:
+            waiting = self._queue.empty() and not self._carried
+            if waiting and not self.more_expected():
+                break
+            item = self._next(max(0.0, deadline - time.monotonic()))
+            if item is None:
+                break
+            if item is _STOP:
+                self._carried.appendleft(item)
+                break
+            if item.future.done():  # cancelled: its request timed out or went away
+                continue
+            if size + item.count > self.max_batch or item.pixels.shape[1:] != first.pixels.shape[1:]:
+                self._carried.appendleft(item)  # first in the next batch
+                break
+            batch.append(item)
+            size += item.count
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is _STOP:
+                return
+            if first.future.done():
+                continue
+            batch = self._collect(first)
+            try:
+                self._execute(batch)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one batch
+                log.exception("batch of %d requests failed", len(batch))
+            except BaseException:
+                # The thread is going down (the service's supervisor restarts it): answer
+                # this batch's requests now rather than at their deadline.
+                dead = WorkerDied("the inference worker stopped; retry the request")
+                for item in batch:
+                    _resolve(item, exception=dead)
+                raise
+
+    def fail_pending(self, exception: BaseException) -> int:
+        """Answer every request still queued (after the thread died); returns how many."""
+        failed = 0
+        while True:
+            item = self._next(0)
+            if item is None:
+                return failed
+            if item is not _STOP:
+                _resolve(item, exception=exception)
+                failed += 1
+
+    def _execute(self, batch: list[WorkItem]) -> None:
+        started = time.perf_counter_ns()
+        pixels = batch[0].pixels if len(batch) == 1 else torch.cat([item.pixels for item in batch])
+        try:
+            results = self._run(
+                pixels, [item.request for item in batch], [started - i.enqueued_ns for i in batch]
+            )
+        except Exception:  # noqa: BLE001
+            # Run each request alone: only the one that breaks the model fails, and a
+            # batch too large for memory is retried in smaller pieces.
+            for item in batch:
+                try:
+                    _resolve(
+                        item, result=self._run_alone(item.pixels, item.request, started - item.enqueued_ns)
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    _resolve(item, exception=exc)
+            return
+        for item, result in zip(batch, results, strict=True):
+            _resolve(item, result=result)
+
+    def _run(
+        self, pixels: torch.Tensor, requests: list[PoolRequest], queue_ns: list[int]
+    ) -> list[np.ndarray]:
+        results, timing = self.run_batch(pixels, requests)
+        self.batch_sizes.append(timing.batch_size)
+        if self.on_execution is not None:
+            self.on_execution(timing, queue_ns)
+        return results
+
+    def _run_alone(self, pixels: torch.Tensor, request: PoolRequest, queue_ns: int) -> np.ndarray:
+        try:
+            return self._run(pixels, [request], [queue_ns])[0]
+        except Exception as exc:
+            if not is_out_of_memory(exc) or pixels.shape[0] == 1:
+                raise
+            log.warning("out of memory on %d images: retrying in halves", pixels.shape[0])
+            half = pixels.shape[0] // 2
+            parts = [
+                self._run_alone(part, PoolRequest(part.shape[0], request.strategy, request.normalize), 0)
+                for part in (pixels[:half], pixels[half:])
+            ]
+            return np.concatenate(parts)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
+def _resolve(item: WorkItem, result=None, exception: BaseException | None = None) -> None:
+    def settle():
+        if item.future.done():
+            return
+        if exception is not None:
+            item.future.set_exception(exception)
+        else:
+            item.future.set_result(result)
+
+    try:
+        item.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the event loop is closed: nobody waits for this answer any more
+        pass

@@ -1,0 +1,27 @@
+"""Graceful shutdown: on SIGTERM, readiness turns false and new requests get 503 for a
+drain period (load balancers and Kubernetes endpoints stop sending), then uvicorn closes
+the listener, lets in-flight requests finish and exits."""
+
+from __future__ import annotations
+
+import threading
+
+import uvicorn
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, service, drain_s: float):
+        super().__init__(config)
+        self.service = service
+        self.drain_s = drain_s
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.service.draining or self.drain_s <= 0:
+            # A second signal, or no drain period: uvicorn's own (graceful, then forced) exit.
+            self.service.start_draining()
+            super().handle_exit(sig, frame)
+            return
+        self.service.start_draining()
+        timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()

@@ -1,0 +1,1 @@
+"""Benchmarks: raw forward throughput and the served pipeline, measured in one run."""

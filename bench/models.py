@@ -1,0 +1,45 @@
+"""The benchmark models: the real MobileNetV2 (embedded default) and random-weight
+DINOv2-shaped ViTs (the forward's cost depends on the shape, not the weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SHAPES = {
+    "dinov2-small": dict(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536
+    ),
+    "dinov2-base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ),
+}
+
+
+def prepare_model(name: str, cache: Path) -> Path:
+    """A model folder for `name`: 'mobilenet-v2', a DINOv2 shape, or an existing folder."""
+    if name == "mobilenet-v2":
+        from app.embedding.default_model import ensure_default_model
+
+        return ensure_default_model(cache)
+    if name in SHAPES:
+        folder = cache / f"{name}-random"
+        if not (folder / "config.json").is_file():
+            import torch
+            import transformers as tf
+
+            torch.manual_seed(0)
+            config = tf.Dinov2Config(**SHAPES[name], image_size=224, patch_size=14)
+            tf.Dinov2Model(config).save_pretrained(folder)
+            # facebook/dinov2-*'s processor: resize 256 (bicubic), centre crop 224, ImageNet mean/std.
+            tf.BitImageProcessorPil(
+                size={"shortest_edge": 256},
+                crop_size={"height": 224, "width": 224},
+                resample=3,
+                image_mean=[0.485, 0.456, 0.406],
+                image_std=[0.229, 0.224, 0.225],
+            ).save_pretrained(folder)
+        return folder
+    folder = Path(name)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)} or a model folder")
+    return folder

@@ -1,0 +1,252 @@
+"""One command to measure a model and configuration: raw forward (eager fp32 and the
+server's exact configuration) in-process, then the real server on 127.0.0.1 driven with
+real photos as data URIs and as URLs from a local static server.
+
+    python -m bench.run --model mobilenet-v2 --dtype bfloat16 --compile --workers 2
+    python -m bench.run --model dinov2-small --dtype bfloat16 --compile
+
+Prints a markdown table, writes JSON to bench/results/, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+from bench.forward import batch_one_latency_ms, configured, eager_fp32
+from bench.load import run_load
+from bench.models import prepare_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "cat")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="mobilenet-v2", help="mobilenet-v2, dinov2-small, dinov2-base or a folder"
+    )
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=0)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--processor", action="store_true", help="the transformers processor, not the fast path"
+    )
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell")
+    parser.add_argument("--sizes", default="640x480,1920x1080")
+    parser.add_argument("--transports", default="data_uri,url")
+    parser.add_argument("--clients", default="1,4,16,64")
+    parser.add_argument("--batch-request-clients", type=int, default=4, help="clients for 16-image requests")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "image-embed")
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def server_flags(args) -> list[str]:
+    flags = [
+        "--dtype", args.dtype, "--device", args.device, "--workers", str(args.workers),
+        "--torch-threads", str(args.torch_threads), "--max-batch-size", str(args.max_batch_size),
+        "--max-batch-wait-ms", str(args.max_batch_wait_ms), "--compile", str(args.compile).lower(),
+        "--fast-preprocessing", str(not args.processor).lower(), "--max-images-per-request", "64",
+        "--allow-private-urls", "true", "--max-queue-images", "4096",
+    ]  # fmt: skip
+    if args.channels_last != "auto":
+        flags += ["--channels-last", args.channels_last]
+    return flags
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def process(command: list[str], ready_url: str | None, env: dict, timeout_s: float = 900):
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while ready_url:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{command[:4]} exited: {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:4]} not ready after {timeout_s} s")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def write_photos(folder: Path, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+    import skimage.data
+    from PIL import Image
+
+    names = {}
+    for width, height in sizes:
+        names[(width, height)] = []
+        for name in PHOTOS:
+            array = getattr(skimage.data, name)()
+            image = Image.fromarray(array).convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+            file = f"{name}-{width}x{height}.jpg"
+            image.save(folder / file, "JPEG", quality=90)
+            names[(width, height)].append(file)
+    return names
+
+
+def request_bodies(
+    files: list[str], folder: Path, host: str, transport: str, per_request: int
+) -> list[bytes]:
+    def element(file):
+        if transport == "url":
+            return f"{host}/{file}"
+        return "data:image/jpeg;base64," + base64.b64encode((folder / file).read_bytes()).decode()
+
+    bodies = []
+    for start in range(len(files)):
+        images = [element(files[(start + k) % len(files)]) for k in range(per_request)]
+        payload = {"inputs": [{"name": "image", "shape": [len(images)], "datatype": "BYTES", "data": images}]}
+        bodies.append(json.dumps(payload).encode())
+    return bodies
+
+
+def measure_forward(args, folder: Path) -> dict:
+    from app.embedding.embedder import Embedder
+    from app.settings import Settings
+
+    batches = tuple(b for b in (1, 8, 16, 32, 64) if b <= args.max_batch_size)
+    seconds = max(2.0, args.seconds / 2)
+    eager = eager_fp32(folder, batches, seconds)
+    settings = Settings(
+        model_id=str(folder), model_dir="/nonexistent", device=args.device, dtype=args.dtype,
+        compile=args.compile, max_batch_size=args.max_batch_size, torch_threads=args.torch_threads,
+        channels_last=None if args.channels_last == "auto" else args.channels_last == "true",
+    )  # fmt: skip
+    embedder = Embedder.from_settings(settings)
+    config = configured(embedder, batches, seconds)
+    latency = batch_one_latency_ms(embedder)
+    del embedder
+    gc.collect()
+    return {
+        "eager_fp32": eager,
+        "configured": config,
+        "eager_fp32_best": max(eager.values()),
+        "configured_best": max(config.values()),
+        "batch1_latency_ms": latency,
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    folder = prepare_model(args.model, args.cache)
+    print(f"model {args.model} at {folder}; server flags {' '.join(server_flags(args))}", flush=True)
+    forward = measure_forward(args, folder)
+    print(f"raw forward: eager fp32 {forward['eager_fp32']}, configured {forward['configured']}", flush=True)
+
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp)
+        files = write_photos(photos, sizes)
+        static_port, server_port = free_port(), free_port()
+        static = [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(static_port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            tmp,
+        ]
+        server = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", "bench",
+                  "--host", "127.0.0.1", "--port", str(server_port), *server_flags(args)]  # fmt: skip
+        base = f"http://127.0.0.1:{server_port}"
+        with (
+            process(static, f"http://127.0.0.1:{static_port}/", env),
+            process(server, f"{base}/v2/health/ready", env),
+        ):
+            host = f"http://127.0.0.1:{static_port}"
+            for size in sizes:
+                for transport in args.transports.split(","):
+                    plans = [(c, 1) for c in map(int, args.clients.split(","))]
+                    plans.append((args.batch_request_clients, 16))
+                    for clients, per_request in plans:
+                        bodies = request_bodies(files[size], photos, host, transport, per_request)
+                        result = run_load(
+                            f"{base}/v2/models/bench/infer", bodies, per_request, clients, args.seconds
+                        )
+                        cell = {"size": f"{size[0]}x{size[1]}", "transport": transport, **asdict(result)}
+                        cell["vs_configured_forward"] = result.images_per_second / forward["configured_best"]
+                        cell["vs_eager_fp32"] = result.images_per_second / forward["eager_fp32_best"]
+                        cells.append(cell)
+                        print(format_row(cell), flush=True)
+    report = {"model": args.model, "flags": server_flags(args), "forward": forward, "cells": cells}
+    print(markdown(report))
+    out = (
+        args.out
+        or ROOT
+        / "bench"
+        / "results"
+        / f"{args.model.replace('/', '_')}-{args.dtype}{'-compile' if args.compile else ''}-w{args.workers}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return report
+
+
+def format_row(cell: dict) -> str:
+    return (
+        f"| {cell['size']} | {cell['transport']} | {cell['clients']} | {cell['images_per_request']} "
+        f"| {cell['images_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} | {cell['p99_ms']:.0f} "
+        f"| {cell['vs_configured_forward']:.2f}x | {cell['vs_eager_fp32']:.2f}x | {cell['errors']} |"
+    )
+
+
+def markdown(report: dict) -> str:
+    forward = report["forward"]
+    lines = [
+        f"Model `{report['model']}`, server flags `{' '.join(report['flags'])}`.",
+        f"Raw forward, best batch: eager fp32 {forward['eager_fp32_best']:.1f} img/s, "
+        f"this configuration {forward['configured_best']:.1f} img/s; batch-1 forward {forward['batch1_latency_ms']:.1f} ms.",
+        "",
+        "| photo | sent as | clients | images/request | img/s | p50 ms | p95 ms | p99 ms | vs configured forward | vs eager fp32 | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *(format_row(cell) for cell in report["cells"]),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from app import __version__
 from app.api import health, models
 from app.api.errors import install_error_handlers
-from app.images.fetch import ImageFetcher
+from app.images.fetch import ImageFetcher, Resolver, system_resolver
 from app.images.url_policy import UrlPolicy
 from app.inference.service import InferenceService
 from app.logs import configure_logging
@@ -23,11 +23,13 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, resolver: Resolver = system_resolver) -> FastAPI:
+    """The app; `resolver` turns image URL hosts into addresses (tests pass their own)."""
     fetcher = ImageFetcher(
         settings.fetch_timeout_s,
         settings.max_image_bytes,
         UrlPolicy.from_settings(settings),
+        resolver=resolver,
         max_concurrent=settings.max_concurrent_fetches,
     )
     service = InferenceService(settings, fetcher)

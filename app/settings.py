@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from pathlib import Path
 
@@ -84,8 +85,19 @@ class Settings(BaseSettings):
         False, description="allow URLs to loopback, private and link-local addresses (in-cluster stores)"
     )
     url_allowlist: str = Field(
-        "", description="comma-separated hosts and CIDR networks; when set, the only URLs fetched"
+        "",
+        description="comma-separated hosts (exact URL host) and CIDR networks (any host resolving "
+        "into them); when set, the only URLs fetched",
     )
+
+    @field_validator("url_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if "/" in entry:
+                ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
     max_image_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="largest encoded image accepted, in bytes"
     )

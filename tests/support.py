@@ -43,9 +43,9 @@ class RunningServer:
 
 
 @contextmanager
-def run_server(settings: Settings, wait_ready: bool = True, timeout_s: float = 120):
+def run_server(settings: Settings, wait_ready: bool = True, timeout_s: float = 120, **app_kwargs):
     """The real app under uvicorn on 127.0.0.1; stopped when the block ends."""
-    app = create_app(settings)
+    app = create_app(settings, **app_kwargs)
     # The asyncio loop (not uvloop): its sockets pass through socket.connect, where the
     # security tests' tripwire watches every connection attempt.
     config = uvicorn.Config(

@@ -80,10 +80,12 @@ class UrlPolicy:
     def from_settings(cls, settings) -> UrlPolicy:
         hosts, networks = set(), []
         for entry in filter(None, (e.strip() for e in settings.url_allowlist.split(","))):
-            try:
+            # A CIDR network allows every host that resolves into it; a bare name or address
+            # allows URLs spelled with exactly that host.
+            if "/" in entry:
                 networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                hosts.add(entry.lower().rstrip("."))
+            else:
+                hosts.add(entry.lower().rstrip(".").strip("[]"))
         return cls(
             allow_urls=settings.allow_urls,
             allow_private=settings.allow_private_urls,

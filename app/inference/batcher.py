@@ -165,26 +165,26 @@ class DynamicBatcher:
         started = time.perf_counter_ns()
         pixels = batch[0].pixels if len(batch) == 1 else torch.cat([item.pixels for item in batch])
         try:
-            results = self._run(
-                pixels, [item.request for item in batch], [started - i.enqueued_ns for i in batch]
-            )
-        except Exception:  # noqa: BLE001
-            # Run each request alone: only the one that breaks the model fails, and a
-            # batch too large for memory is retried in smaller pieces.
+            results = self._run(pixels, [item.request for item in batch], [started - i.enqueued_ns for i in batch])
+        except Exception as exc:  # noqa: BLE001
+            if len(batch) == 1:
+                item = batch[0]
+                try:
+                    _resolve(item, result=self._split_after(exc, item.pixels, item.request))
+                except Exception as final:  # noqa: BLE001
+                    _resolve(item, exception=final)
+                return
+            # Run each request alone: only the one that breaks the model fails.
             for item in batch:
                 try:
-                    _resolve(
-                        item, result=self._run_alone(item.pixels, item.request, started - item.enqueued_ns)
-                    )
-                except Exception as exc:  # noqa: BLE001
-                    _resolve(item, exception=exc)
+                    _resolve(item, result=self._run_alone(item.pixels, item.request, started - item.enqueued_ns))
+                except Exception as final:  # noqa: BLE001
+                    _resolve(item, exception=final)
             return
         for item, result in zip(batch, results, strict=True):
             _resolve(item, result=result)
 
-    def _run(
-        self, pixels: torch.Tensor, requests: list[PoolRequest], queue_ns: list[int]
-    ) -> list[np.ndarray]:
+    def _run(self, pixels: torch.Tensor, requests: list[PoolRequest], queue_ns: list[int]) -> list[np.ndarray]:
         results, timing = self.run_batch(pixels, requests)
         self.batch_sizes.append(timing.batch_size)
         if self.on_execution is not None:
@@ -194,16 +194,20 @@ class DynamicBatcher:
     def _run_alone(self, pixels: torch.Tensor, request: PoolRequest, queue_ns: int) -> np.ndarray:
         try:
             return self._run(pixels, [request], [queue_ns])[0]
-        except Exception as exc:
-            if not is_out_of_memory(exc) or pixels.shape[0] == 1:
-                raise
-            log.warning("out of memory on %d images: retrying in halves", pixels.shape[0])
-            half = pixels.shape[0] // 2
-            parts = [
-                self._run_alone(part, PoolRequest(part.shape[0], request.strategy, request.normalize), 0)
-                for part in (pixels[:half], pixels[half:])
-            ]
-            return np.concatenate(parts)
+        except Exception as exc:  # noqa: BLE001
+            return self._split_after(exc, pixels, request)
+
+    def _split_after(self, exc: Exception, pixels: torch.Tensor, request: PoolRequest) -> np.ndarray:
+        """After `exc` on these images: out of memory is retried in halves, the rest raised."""
+        if not is_out_of_memory(exc) or pixels.shape[0] == 1:
+            raise exc
+        log.warning("out of memory on %d images: retrying in halves", pixels.shape[0])
+        half = pixels.shape[0] // 2
+        parts = [
+            self._run_alone(part, PoolRequest(part.shape[0], request.strategy, request.normalize), 0)
+            for part in (pixels[:half], pixels[half:])
+        ]
+        return np.concatenate(parts)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

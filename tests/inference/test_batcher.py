@@ -151,3 +151,18 @@ def test_a_lone_request_waits_at_most_the_maximum_wait():
         # Generous slack for a loaded machine; the point is that it does not wait for a full batch.
         assert time.monotonic() - started < bound + 0.5
         assert recorder.batches == [1]
+
+
+def test_out_of_memory_is_retried_in_smaller_pieces():
+    class SmallMemory(_Recorder):
+        def __call__(self, pixels, requests):
+            if pixels.shape[0] > 2:
+                self.batches.append(pixels.shape[0])
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().__call__(pixels, requests)
+
+    recorder = SmallMemory()
+    [result] = _run(DynamicBatcher(recorder, max_batch=8, max_wait_s=0), [(4.0, 7)])
+    assert result.shape == (7, 1) and (result == 4.0).all()
+    # 7 fails, then halves: 3 fails (1 + 2 pass), 4 fails (2 + 2 pass); never 7 again.
+    assert recorder.batches == [7, 3, 1, 2, 4, 2, 2]

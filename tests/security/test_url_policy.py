@@ -38,7 +38,9 @@ def test_global_addresses_are_allowed(address):
 def test_private_switch_and_allow_list():
     loopback = ipaddress.ip_address("127.0.0.1")
     UrlPolicy(allow_private=True).check_address("localhost", loopback)
-    listed = UrlPolicy(allowed_hosts=frozenset({"images.internal"}), allowed_networks=(ipaddress.ip_network("10.1.0.0/16"),))
+    listed = UrlPolicy(
+        allowed_hosts=frozenset({"images.internal"}), allowed_networks=(ipaddress.ip_network("10.1.0.0/16"),)
+    )
     listed.check_address("images.internal", ipaddress.ip_address("10.9.9.9"))
     listed.check_address("anything", ipaddress.ip_address("10.1.2.3"))
     with pytest.raises(PolicyRefusal, match="allow-list"):

@@ -1,0 +1,139 @@
+"""Backpressure, deadlines, failures that stay contained, and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    data_uri,
+    encode,
+    free_port,
+    image_request,
+    photo,
+    run_server,
+    server_settings,
+    slow_server,
+)
+
+GOOD = encode(photo("astronaut").resize((64, 64)))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _post(server, payload, timeout=30):
+    return httpx.post(server.infer_url(), json=payload, timeout=timeout)
+
+
+def test_overload_answers_503_with_retry_after_at_once(tiny_models, tmp_path):
+    settings = server_settings(tiny_models["dinov2"], tmp_path, max_queue_images=2)
+    with run_server(settings) as server, slow_server(2.0, GOOD) as slow:
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(_post, server, image_request([f"{slow}/{i}.jpg"])) for i in range(2)]
+            time.sleep(0.5)  # both admitted, both waiting on the slow URL
+            started = time.monotonic()
+            refused = _post(server, image_request([data_uri(GOOD)]))
+            assert time.monotonic() - started < 1.0
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "capacity" in refused.json()["error"]
+            assert all(f.result().status_code == 200 for f in held)
+        assert _post(server, image_request([data_uri(GOOD)])).status_code == 200
+
+
+@pytest.fixture
+def slow_model(tiny_models, tmp_path):
+    """A real server whose model takes 1 s per forward pass (failure injection)."""
+    settings = server_settings(tiny_models["dinov2"], tmp_path, max_batch_size=1)
+    with run_server(settings) as server:
+        batcher = server.app.state.service.batcher
+        real = batcher.run_batch
+
+        def slow(pixels, requests):
+            time.sleep(1.0)
+            return real(pixels, requests)
+
+        batcher.run_batch = slow
+        yield server
+
+
+def test_a_request_past_its_deadline_is_dropped_not_computed(slow_model):
+    stats_url = f"{slow_model.url}/v2/models/{slow_model.model}/stats"
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(_post, slow_model, image_request([data_uri(GOOD)]))
+        time.sleep(0.3)  # the model is busy with it
+        late = _post(slow_model, image_request([data_uri(GOOD)] * 3) | {"parameters": {"timeout": 200_000}})
+        assert late.status_code == 504 and "200 ms" in late.json()["error"]
+        assert busy.result().status_code == 200
+    time.sleep(1.5)  # had the three images been queued for the model, they would run now
+    assert httpx.get(stats_url).json()["model_stats"][0]["inference_count"] == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_inference_worker_is_unready_then_restarted(tiny_models, tmp_path):
+    with run_server(server_settings(tiny_models["dinov2"], tmp_path)) as server:
+        service = server.app.state.service
+
+        def die(pixels, requests):
+            raise SystemExit("the worker thread goes down")
+
+        service.batcher.run_batch = die
+        failed = _post(server, image_request([data_uri(GOOD)]))
+        assert failed.status_code == 503 and "inference worker" in failed.json()["error"]
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the worker was not restarted"
+            time.sleep(0.1)
+        assert _post(server, image_request([data_uri(GOOD)])).status_code == 200
+
+
+def test_sigterm_drains_then_exits(tiny_models, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k.lower() not in {"port", "host"}}
+    command = [
+        sys.executable, "-m", "app", "--model-id", str(tiny_models["dinov2"]), "--model-dir", str(tmp_path),
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--allow-private-urls", "true",
+        "--shutdown-drain-s", "1.5", "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env | {"HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        with slow_server(2.5, GOOD) as slow:
+            result = {}
+            in_flight = threading.Thread(
+                target=lambda: result.update(
+                    r=httpx.post(
+                        f"{url}/v2/models/dinov2/infer", json=image_request([f"{slow}/a.jpg"]), timeout=30
+                    )
+                )
+            )
+            in_flight.start()
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+            refused = httpx.post(f"{url}/v2/models/dinov2/infer", json=image_request([data_uri(GOOD)]))
+            assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+            in_flight.join(30)
+            assert result["r"].status_code == 200  # the in-flight request finished
+        # uvicorn re-raises the captured SIGTERM after its graceful shutdown.
+        assert process.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from app.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     common = dict(
         host=settings.host,
         port=settings.port,

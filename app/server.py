@@ -12,11 +12,14 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from app import __version__
 from app.api import health, models
+from app.api import metrics as metrics_route
 from app.api.errors import install_error_handlers
+from app.api.middleware import ObservabilityMiddleware
 from app.images.fetch import ImageFetcher, Resolver, system_resolver
 from app.images.url_policy import UrlPolicy
 from app.inference.service import InferenceService
 from app.logs import configure_logging
+from app.metrics import ServiceMetrics
 from app.protocol.schema import InferRequest
 from app.settings import Settings
 
@@ -32,7 +35,8 @@ def create_app(settings: Settings, resolver: Resolver = system_resolver) -> Fast
         resolver=resolver,
         max_concurrent=settings.max_concurrent_fetches,
     )
-    service = InferenceService(settings, fetcher)
+    metrics = ServiceMetrics()
+    service = InferenceService(settings, fetcher, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -55,10 +59,13 @@ def create_app(settings: Settings, resolver: Resolver = system_resolver) -> Fast
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(metrics_route.router)
     _document_infer_request(app)
     return app
 
@@ -66,7 +73,7 @@ def create_app(settings: Settings, resolver: Resolver = system_resolver) -> Fast
 def create_app_from_environment() -> FastAPI:
     """The app of one worker process (`WORKERS` > 1): settings come from the environment."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
 
 

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"
     )
     log_level: str = Field("info", description="debug, info, warning, error")
+    log_format: str = Field(
+        "text", pattern="^(text|json)$", description="text, or json (one object per line)"
+    )
 
     @field_validator("device")
     @classmethod

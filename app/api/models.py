@@ -9,7 +9,7 @@ from app.api.dependencies import get_service
 from app.api.examples import INFER_EXAMPLES
 from app.api.responses import JSONBytesResponse
 from app.errors import PayloadTooLarge
-from app.inference.service import MODEL_VERSION, InferenceService
+from app.inference.service import MODEL_VERSION, InferenceService, RequestContext
 from app.inference.spec import KNOWN_INPUTS
 from app.protocol.schema import ErrorResponse, InferResponse, ModelMetadata, ModelReadyResponse
 
@@ -101,11 +101,17 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     service.check_model(model_name, model_version)
     service.require_ready()
     body = await read_body(request, service.settings.max_request_bytes)
-    answer = await service.infer(
-        body,
-        request.headers.get("content-encoding"),
-        request.headers.get("inference-header-content-length"),
-    )
+    context = RequestContext(request.state.request_id)
+    try:
+        answer = await service.infer(
+            body,
+            request.headers.get("content-encoding"),
+            request.headers.get("inference-header-content-length"),
+            context,
+        )
+    finally:  # for the access log and the X-Request-ID header, errors included
+        request.state.request_id = context.request_id
+        request.state.image_count = context.image_count
     if answer.header_length is None:
         return Response(answer.body, media_type="application/json")
     return Response(

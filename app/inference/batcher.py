@@ -165,7 +165,9 @@ class DynamicBatcher:
         started = time.perf_counter_ns()
         pixels = batch[0].pixels if len(batch) == 1 else torch.cat([item.pixels for item in batch])
         try:
-            results = self._run(pixels, [item.request for item in batch], [started - i.enqueued_ns for i in batch])
+            results = self._run(
+                pixels, [item.request for item in batch], [started - i.enqueued_ns for i in batch]
+            )
         except Exception as exc:  # noqa: BLE001
             if len(batch) == 1:
                 item = batch[0]
@@ -177,14 +179,18 @@ class DynamicBatcher:
             # Run each request alone: only the one that breaks the model fails.
             for item in batch:
                 try:
-                    _resolve(item, result=self._run_alone(item.pixels, item.request, started - item.enqueued_ns))
+                    _resolve(
+                        item, result=self._run_alone(item.pixels, item.request, started - item.enqueued_ns)
+                    )
                 except Exception as final:  # noqa: BLE001
                     _resolve(item, exception=final)
             return
         for item, result in zip(batch, results, strict=True):
             _resolve(item, result=result)
 
-    def _run(self, pixels: torch.Tensor, requests: list[PoolRequest], queue_ns: list[int]) -> list[np.ndarray]:
+    def _run(
+        self, pixels: torch.Tensor, requests: list[PoolRequest], queue_ns: list[int]
+    ) -> list[np.ndarray]:
         results, timing = self.run_batch(pixels, requests)
         self.batch_sizes.append(timing.batch_size)
         if self.on_execution is not None:

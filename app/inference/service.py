@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from app.embedding.embedder import Embedder, PoolRequest
@@ -20,6 +19,7 @@ from app.inference.preparation import ImagePreparer
 from app.inference.response import build_response
 from app.inference.spec import EmbedRequestSpec, build_spec
 from app.inference.stats import ModelStatistics
+from app.metrics import ServiceMetrics
 from app.protocol.encoding import decode_content
 from app.protocol.request import parse_infer_body
 from app.settings import Settings
@@ -48,9 +48,19 @@ class InferAnswer:
     image_count: int
 
 
+@dataclass
+class RequestContext:
+    """What the HTTP layer logs about a request, filled in as the service learns it."""
+
+    request_id: str  # X-Request-ID or generated; the V2 `id` replaces it
+    image_count: int | None = None
+
+
 class InferenceService:
-    def __init__(self, settings: Settings, fetcher: ImageFetcher):
+    def __init__(self, settings: Settings, fetcher: ImageFetcher, metrics: ServiceMetrics | None = None):
         self.settings = settings
+        self.metrics = metrics or ServiceMetrics()
+        self.metrics.images_waiting.set_function(lambda: self.admitted_images)
         self.model_name = settings.served_model_name
         self.fetcher = fetcher
         self.preparer = ImagePreparer(settings, fetcher)
@@ -66,6 +76,7 @@ class InferenceService:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def load(self) -> None:
+        started = time.perf_counter()
         try:
             embedder = await asyncio.to_thread(Embedder.from_settings, self.settings)
             if self.settings.pooling_strategy is not None:
@@ -74,6 +85,11 @@ class InferenceService:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", self.load_error)
             return
+        self.metrics.load_seconds.set(time.perf_counter() - started)
+        self.metrics.model.info(
+            {"model": self.model_name, "model_id": embedder.model_id, "model_type": embedder.model_type,
+             "device": str(embedder.device), "dtype": str(embedder.dtype).removeprefix("torch.")}
+        )  # fmt: skip
         self.embedder = embedder
         self.batcher = self._start_batcher()
         self._supervisor = asyncio.create_task(self._supervise())
@@ -85,10 +101,16 @@ class InferenceService:
             max_batch=self.settings.max_batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             more_expected=lambda: self._preparing > 0,
-            on_execution=self.stats.record_execution,
+            on_execution=self._record_execution,
         )
         batcher.start()
         return batcher
+
+    def _record_execution(self, timing, queue_ns: list[int]) -> None:
+        self.stats.record_execution(timing, queue_ns)
+        self.metrics.record_execution(
+            timing.batch_size, timing.compute_infer_ns + timing.compute_output_ns, queue_ns
+        )
 
     async def _supervise(self) -> None:
         """Restart the inference worker if its thread dies; unready until it runs again."""
@@ -155,7 +177,7 @@ class InferenceService:
     # --- inference -------------------------------------------------------------------------
 
     async def infer(
-        self, body: bytes, content_encoding: str | None, header_length: str | None
+        self, body: bytes, content_encoding: str | None, header_length: str | None, context: RequestContext
     ) -> InferAnswer:
         embedder = self.require_ready()
         started = time.perf_counter_ns()
@@ -163,7 +185,9 @@ class InferenceService:
         try:
             raw = decode_content(body, content_encoding, self.settings.max_request_bytes)
             spec = build_spec(parse_infer_body(raw, header_length), self.settings.max_images_per_request)
-            count = len(spec.images)
+            count = context.image_count = len(spec.images)
+            if spec.request_id:
+                context.request_id = spec.request_id
             if self.admitted_images + count > self.settings.max_queue_images:
                 raise Overloaded(
                     f"server is at capacity ({self.admitted_images} images waiting, limit "
@@ -174,7 +198,7 @@ class InferenceService:
             try:
                 # A request whose deadline passes while it waits is cancelled: its queued
                 # work is skipped by the batcher, never computed.
-                answer = await asyncio.wait_for(self._infer(embedder, spec), deadline_s)
+                answer = await asyncio.wait_for(self._infer(embedder, spec, context.request_id), deadline_s)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"request did not finish within its timeout of {deadline_s * 1000:g} ms"
@@ -182,21 +206,23 @@ class InferenceService:
             finally:
                 self.admitted_images -= count
             ok = True
+            self.metrics.images.inc(count)
             return answer
         finally:
             self.stats.record_request(ok, time.perf_counter_ns() - started)
 
-    async def _infer(self, embedder: Embedder, spec: EmbedRequestSpec) -> InferAnswer:
+    async def _infer(self, embedder: Embedder, spec: EmbedRequestSpec, request_id: str) -> InferAnswer:
         pooling = spec.pooling or self.default_pooling
         embedder.check_pooling(pooling)  # before any download
         normalize = self.settings.normalize_embeddings if spec.normalize is None else spec.normalize
         self._preparing += 1
+        started = time.perf_counter()
         try:
             pixels = await self.preparer.prepare(spec.images, embedder.preprocessor)
         finally:
             self._preparing -= 1
+        self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
         embeddings = await self.batcher.submit(pixels, PoolRequest(len(spec.images), pooling, normalize))
-        request_id = spec.request_id or str(uuid.uuid4())
         body, header_length = build_response(
             request_id, self.model_name, embedder.model_id, embeddings, spec.outputs
         )

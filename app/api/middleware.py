@@ -1,0 +1,68 @@
+"""Per-request observability (pure ASGI, no body buffering): the request id, Prometheus
+request metrics by route template, and one log line per inference request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from app.metrics import ServiceMetrics
+
+log = logging.getLogger("app.access")
+
+# Ids from clients go into logs and headers: only a safe alphabet, bounded length.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def safe_request_id(candidate: str | None) -> str | None:
+    return candidate if candidate and _SAFE_ID.match(candidate) else None
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        header = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        state = scope.setdefault("state", {})
+        # The infer route replaces this with the V2 `id` when the body has one.
+        state["request_id"] = safe_request_id(header) or str(uuid.uuid4())
+        status = 500
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                headers.append((b"x-request-id", state["request_id"].encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(route).observe(elapsed)
+            inference = route.endswith("/infer")
+            if inference or status >= 500:
+                # Never image data, URLs or query strings: the route template and counts only.
+                fields = {
+                    "request_id": state["request_id"],
+                    "method": scope["method"],
+                    "route": route,
+                    "model": (scope.get("path_params") or {}).get("model_name"),
+                    "images": state.get("image_count"),
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 1),
+                }
+                log.info("request", extra={"fields": fields})

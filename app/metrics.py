@@ -1,0 +1,64 @@
+"""Prometheus metrics (one registry per app, so several apps can live in one process).
+
+With WORKERS > 1 each process keeps its own counters: scrape each worker's pod or run
+one worker per pod (the recommended layout on Kubernetes)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "embed_http_requests", "HTTP requests by route template, method and status code",
+            ["route", "method", "status"], registry=registry,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "embed_http_request_duration_seconds", "HTTP request latency by route template",
+            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "embed_queue_duration_seconds", "Time a request's images waited for a forward pass",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.compute_seconds = Histogram(
+            "embed_compute_duration_seconds", "Time of one forward pass with pooling",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.preprocess_seconds = Histogram(
+            "embed_preprocess_duration_seconds", "Time to fetch, decode and preprocess a request's images",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "embed_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.images = Counter("embed_images", "Images embedded", registry=registry)
+        self.inferences = Counter(
+            "embed_inference_count", "Inferences (images) run by the model", registry=registry
+        )
+        self.executions = Counter(
+            "embed_execution_count",
+            "Forward passes run by the model (inference_count / execution_count = mean batch size)",
+            registry=registry,
+        )
+        self.images_waiting = Gauge(
+            "embed_images_waiting", "Images admitted and not yet answered", registry=registry
+        )
+        self.in_flight = Gauge("embed_requests_in_flight", "HTTP requests being served", registry=registry)
+        self.load_seconds = Gauge(
+            "embed_model_load_duration_seconds", "Time to load and warm up the model", registry=registry
+        )
+        self.model = Info("embed_model", "The served model", registry=registry)
+
+    def record_execution(self, batch_size: int, compute_ns: int, queue_ns: list[int]) -> None:
+        self.executions.inc()
+        self.inferences.inc(batch_size)
+        self.batch_size.observe(batch_size)
+        self.compute_seconds.observe(compute_ns / 1e9)
+        for ns in queue_ns:
+            self.queue_seconds.observe(ns / 1e9)

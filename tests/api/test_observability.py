@@ -1,0 +1,128 @@
+"""Metrics, request ids and logs, through the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import data_uri, encode, free_port, image_request, photo, static_server
+
+IMAGE = data_uri(encode(photo("coffee").resize((96, 64))))
+INFER = "/v2/models/{model_name}/infer"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def scrape(server) -> dict:
+    """{(name, frozenset(labels)): value} of every sample."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_move_by_the_right_amounts(dinov2_server):
+    before = scrape(dinov2_server)
+    for count in (1, 3, 2):
+        assert httpx.post(dinov2_server.infer_url(), json=image_request([IMAGE] * count)).status_code == 200
+    assert httpx.post(dinov2_server.infer_url(), json={"inputs": []}).status_code == 400
+    after = scrape(dinov2_server)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("embed_images_total") == 6
+    assert delta("embed_inference_count_total") == 6
+    executions = delta("embed_execution_count_total")
+    assert 1 <= executions <= 6 and delta("embed_batch_size_count") == executions
+    assert delta("embed_batch_size_sum") == 6
+    assert delta("embed_http_requests_total", route=INFER, method="POST", status="200") == 3
+    assert delta("embed_http_requests_total", route=INFER, method="POST", status="400") == 1
+    assert delta("embed_http_request_duration_seconds_count", route=INFER) == 4
+    assert delta("embed_queue_duration_seconds_count") == 3
+    assert delta("embed_compute_duration_seconds_count") == executions
+    assert delta("embed_preprocess_duration_seconds_count") == 3
+    assert value(after, "embed_images_waiting") == 0
+    assert value(after, "embed_model_load_duration_seconds") > 0
+    info = [labels for (name, labels) in after if name == "embed_model_info"]
+    assert info and dict(info[0])["device"] == "cpu" and dict(info[0])["model"] == "dinov2-large"
+
+
+def test_request_id_round_trips(dinov2_server):
+    by_header = httpx.post(
+        dinov2_server.infer_url(), json=image_request([IMAGE]), headers={"X-Request-ID": "abc-123"}
+    )
+    assert by_header.headers["x-request-id"] == "abc-123" and by_header.json()["id"] == "abc-123"
+    by_body = httpx.post(dinov2_server.infer_url(), json=image_request([IMAGE]) | {"id": "v2-id-7"})
+    assert by_body.headers["x-request-id"] == "v2-id-7" and by_body.json()["id"] == "v2-id-7"
+    failed = httpx.post(
+        dinov2_server.infer_url(),
+        json={"id": "bad-1", "inputs": [{"name": "x"}]},
+        headers={"X-Request-ID": "hdr-1"},
+    )
+    assert failed.status_code == 400 and failed.headers["x-request-id"] == "hdr-1"
+    unsafe = httpx.get(f"{dinov2_server.url}/v2/health/live", headers={"X-Request-ID": "evil\tline"})
+    assert unsafe.headers["x-request-id"] != "evil\tline"  # replaced by a generated id
+
+
+@pytest.mark.slow
+def test_json_logs_are_one_object_per_line(tiny_models, tmp_path):
+    port = free_port()
+    command = [
+        sys.executable, "-m", "app", "--model-id", str(tiny_models["dinov2"]), "--model-dir", str(tmp_path),
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-format", "json",
+        "--allow-private-urls", "true", "--shutdown-drain-s", "0",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k.lower() not in {"port", "host"}} | {"HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        folder = tmp_path / "images"
+        folder.mkdir()
+        (folder / "cat.jpg").write_bytes(encode(photo("chelsea")))
+        with static_server(folder) as host:
+            secret = f"{host}/cat.jpg?token=SECRET-TOKEN"
+            ok = httpx.post(
+                f"{url}/v2/models/dinov2/infer",
+                json=image_request([secret, IMAGE]),
+                headers={"X-Request-ID": "log-1"},
+            )
+            assert ok.status_code == 200
+        assert httpx.post(f"{url}/v2/models/dinov2/infer", json={"inputs": []}).status_code == 400
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    requests = [r for r in records if r["message"] == "request" and r["route"].endswith("/infer")]
+    assert {"request_id": "log-1", "model": "dinov2", "images": 2, "status": 200}.items() <= requests[
+        0
+    ].items()
+    assert requests[1]["status"] == 400 and requests[1]["images"] is None
+    assert any("loaded model" in r["message"] for r in records)
+    assert any("shutting down" in r["message"] for r in records)
+    assert "SECRET-TOKEN" not in stderr and "base64" not in stderr

@@ -61,7 +61,8 @@ def create_app(settings: Settings, resolver: Resolver = system_resolver) -> Fast
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    # Level 1: most of the size gain on float text at a fraction of level 9's CPU.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(models.router)

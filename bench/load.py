@@ -20,6 +20,7 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    error_samples: list[str]
 
 
 async def _drive(
@@ -27,6 +28,7 @@ async def _drive(
 ):
     latencies: list[float] = []
     errors = 0
+    samples: list[str] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         start = time.perf_counter()
@@ -44,21 +46,27 @@ async def _drive(
                 )
                 done = time.perf_counter()
                 i += clients
-                if sent < measure_from:
+                # Throughput counts what completes inside the window, whenever it was sent:
+                # counting only requests sent inside it undercounts long-latency cells.
+                if not measure_from <= done <= stop_at:
                     continue
                 if response.status_code != 200:
                     errors += 1
+                    if len(samples) < 3:
+                        samples.append(f"{response.status_code} {response.text[:200]}")
                     continue
                 latencies.append(done - sent)
                 completed_images += images_per_request
 
         await asyncio.gather(*(one_client(k) for k in range(clients)))
-        elapsed = time.perf_counter() - measure_from
-    return latencies, errors, completed_images / elapsed
+        elapsed = stop_at - measure_from
+    return latencies, errors, completed_images / elapsed, samples
 
 
 def run_load(url, bodies, images_per_request, clients, seconds, warmup_s=1.5) -> LoadResult:
-    latencies, errors, rate = asyncio.run(_drive(url, bodies, images_per_request, clients, seconds, warmup_s))
+    latencies, errors, rate, samples = asyncio.run(
+        _drive(url, bodies, images_per_request, clients, seconds, warmup_s)
+    )
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     return LoadResult(
         clients=clients,
@@ -69,4 +77,5 @@ def run_load(url, bodies, images_per_request, clients, seconds, warmup_s=1.5) ->
         p50_ms=float(np.percentile(ms, 50)),
         p95_ms=float(np.percentile(ms, 95)),
         p99_ms=float(np.percentile(ms, 99)),
+        error_samples=samples,
     )

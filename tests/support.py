@@ -99,7 +99,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def static_server(folder: Path):
     """A real HTTP server on 127.0.0.1 serving the files of `folder`."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+    with serve_in_thread(http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)) as url:
+        yield url
+
+
+@contextmanager
+def serve_in_thread(httpd: http.server.HTTPServer):
+    """Run `httpd` (bound to 127.0.0.1) in a thread; its URL while the block runs."""
+    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -161,12 +168,39 @@ def slow_server(delay_s: float, body: bytes = b"", content_type: str = "image/jp
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), Slow)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    with serve_in_thread(http.server.ThreadingHTTPServer((LOOPBACK, 0), Slow)) as url:
+        yield url
+
+
+@contextmanager
+def app_process(model_path: Path, tmp_dir: Path, *flags: str, stderr=None):
+    """`python -m app` as a real process on 127.0.0.1, ready; killed if still running after."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "app", "--model-id", str(model_path), "--model-dir", str(tmp_dir),
+        "--host", LOOPBACK, "--port", str(port), "--device", "cpu", "--allow-private-urls", "true", *flags,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(command, cwd=root, env=env | {"HF_HUB_OFFLINE": "1"}, stderr=stderr, text=True)
+    process.url = f"http://{LOOPBACK}:{port}"
     try:
-        yield f"http://{LOOPBACK}:{httpd.server_address[1]}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{process.url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server process did not become ready")
+            time.sleep(0.2)
+        yield process
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

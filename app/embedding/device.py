@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from app.settings import DTypeSetting
+
+log = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {
     DTypeSetting.FLOAT32: torch.float32,
@@ -34,4 +38,13 @@ def resolve_dtype(setting: DTypeSetting, device: torch.device) -> torch.dtype:
     if setting == DTypeSetting.FLOAT16 and device.type == "cpu":
         # CPU float16 kernels are slow or missing; bfloat16 is the CPU's reduced precision.
         raise ValueError("DTYPE=float16 needs a GPU; use bfloat16 or float32 on CPU")
+    if setting == DTypeSetting.BFLOAT16 and device.type == "cpu" and not cpu_has_native_bfloat16():
+        log.warning(
+            "DTYPE=bfloat16 on a CPU without native bf16 (no AVX512-BF16/AMX): expect it to run "
+            "several times slower than float32"
+        )
     return _TORCH_DTYPES[setting]
+
+
+def cpu_has_native_bfloat16() -> bool:
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

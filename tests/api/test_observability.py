@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import data_uri, encode, free_port, image_request, photo, static_server
+from tests.support import app_process, data_uri, encode, image_request, photo, static_server
 
 IMAGE = data_uri(encode(photo("coffee").resize((96, 64))))
 INFER = "/v2/models/{model_name}/infer"
@@ -81,25 +78,9 @@ def test_request_id_round_trips(dinov2_server):
 
 @pytest.mark.slow
 def test_json_logs_are_one_object_per_line(tiny_models, tmp_path):
-    port = free_port()
-    command = [
-        sys.executable, "-m", "app", "--model-id", str(tiny_models["dinov2"]), "--model-dir", str(tmp_path),
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-format", "json",
-        "--allow-private-urls", "true", "--shutdown-drain-s", "0",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k.lower() not in {"port", "host"}} | {"HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.2)
+    flags = ("--log-format", "json", "--shutdown-drain-s", "0")
+    with app_process(tiny_models["dinov2"], tmp_path, *flags, stderr=subprocess.PIPE) as process:
+        url = process.url
         folder = tmp_path / "images"
         folder.mkdir()
         (folder / "cat.jpg").write_bytes(encode(photo("chelsea")))
@@ -112,7 +93,6 @@ def test_json_logs_are_one_object_per_line(tiny_models, tmp_path):
             )
             assert ok.status_code == 200
         assert httpx.post(f"{url}/v2/models/dinov2/infer", json={"inputs": []}).status_code == 400
-    finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     lines = [line for line in stderr.splitlines() if line.strip()]

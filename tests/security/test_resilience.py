@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +12,9 @@ import httpx
 import pytest
 
 from tests.support import (
+    app_process,
     data_uri,
     encode,
-    free_port,
     image_request,
     photo,
     run_server,
@@ -95,25 +92,10 @@ def test_a_dead_inference_worker_is_unready_then_restarted(tiny_models, tmp_path
 
 
 def test_sigterm_drains_then_exits(tiny_models, tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k.lower() not in {"port", "host"}}
-    command = [
-        sys.executable, "-m", "app", "--model-id", str(tiny_models["dinov2"]), "--model-dir", str(tmp_path),
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--allow-private-urls", "true",
-        "--shutdown-drain-s", "1.5", "--log-level", "warning",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env | {"HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.2)
+    with app_process(
+        tiny_models["dinov2"], tmp_path, "--shutdown-drain-s", "1.5", "--log-level", "warning"
+    ) as process:
+        url = process.url
         with slow_server(2.5, GOOD) as slow:
             result = {}
             in_flight = threading.Thread(
@@ -134,6 +116,3 @@ def test_sigterm_drains_then_exits(tiny_models, tmp_path):
             assert result["r"].status_code == 200  # the in-flight request finished
         # uvicorn re-raises the captured SIGTERM after its graceful shutdown.
         assert process.wait(30) in (0, -signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()

@@ -75,11 +75,41 @@ def main(argv: list[str] | None = None) -> None:
             "app.server:create_app_from_environment", factory=True, workers=settings.workers, **common
         )
     else:
-        from app.server import create_app
-        from app.shutdown import DrainingServer
+        serve_with_model_on_main_thread(settings, common)
 
-        app = create_app(settings)
-        DrainingServer(uvicorn.Config(app, **common), app.state.service, settings.shutdown_drain_s).run()
+
+def serve_with_model_on_main_thread(settings: Settings, uvicorn_options: dict) -> None:
+    """HTTP in a thread, the model loop on the main thread (see app.inference.model_thread)."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    from app.inference.model_thread import MainThreadHost
+    from app.server import create_app
+    from app.shutdown import DrainingServer
+
+    host = MainThreadHost()
+    app = create_app(settings, model_host=host)
+    server = DrainingServer(
+        uvicorn.Config(app, **uvicorn_options), app.state.service, settings.shutdown_drain_s
+    )
+    serving = threading.Event()
+    serving.set()
+
+    def serve_http() -> None:
+        try:
+            server.run()
+        finally:
+            serving.clear()
+
+    # uvicorn installs signal handlers only on the main thread: install the drain here.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, server.handle_exit)
+    http = threading.Thread(target=serve_http, name="http")
+    http.start()
+    host.serve(keep_going=serving)
+    http.join()
 
 
 if __name__ == "__main__":

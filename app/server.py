@@ -17,6 +17,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import ObservabilityMiddleware
 from app.images.fetch import ImageFetcher, Resolver, system_resolver
 from app.images.url_policy import UrlPolicy
+from app.inference.model_thread import ModelHost
 from app.inference.service import InferenceService
 from app.logs import configure_logging
 from app.metrics import ServiceMetrics
@@ -26,8 +27,11 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, resolver: Resolver = system_resolver) -> FastAPI:
-    """The app; `resolver` turns image URL hosts into addresses (tests pass their own)."""
+def create_app(
+    settings: Settings, resolver: Resolver = system_resolver, model_host: ModelHost | None = None
+) -> FastAPI:
+    """The app; `resolver` turns image URL hosts into addresses (tests pass their own);
+    `model_host` decides which thread runs the model (default: a thread of its own)."""
     fetcher = ImageFetcher(
         settings.fetch_timeout_s,
         settings.max_image_bytes,
@@ -36,7 +40,7 @@ def create_app(settings: Settings, resolver: Resolver = system_resolver) -> Fast
         max_concurrent=settings.max_concurrent_fetches,
     )
     metrics = ServiceMetrics()
-    service = InferenceService(settings, fetcher, metrics)
+    service = InferenceService(settings, fetcher, metrics, model_host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

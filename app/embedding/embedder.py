@@ -78,6 +78,7 @@ class Embedder:
             max_batch_size=settings.max_batch_size,
         )
         embedder = cls(loaded, options, settings.fast_preprocessing)
+        embedder.torch_threads = threads
         embedder.warm_up()
         log.info(
             "loaded model %s (%s, family %s, %d-d embeddings) from %s on %s as %s "
@@ -88,6 +89,14 @@ class Embedder:
             time.perf_counter() - started,
         )  # fmt: skip
         return embedder
+
+    torch_threads = 0  # 0: torch's default
+
+    def adopt_thread(self) -> None:
+        """Give the calling thread (the one that will run the model) its intra-op threads:
+        with OpenMP the setting belongs to the thread that makes it."""
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
 
     def warm_up(self) -> None:
         """Run the largest batch (and, compiled, every bucket) before readiness: the first

@@ -57,6 +57,7 @@ class DynamicBatcher:
         max_wait_s: float,
         more_expected: Callable[[], bool] = lambda: True,
         on_execution: OnExecution | None = None,
+        on_thread_start: Callable[[], None] = lambda: None,
     ):
         self.run_batch = run_batch
         self.max_batch = max_batch
@@ -64,22 +65,40 @@ class DynamicBatcher:
         # Waiting only pays when another request is on its way (being fetched or decoded).
         self.more_expected = more_expected
         self.on_execution = on_execution
+        self.on_thread_start = on_thread_start
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._carried: collections.deque[WorkItem] = collections.deque()  # model thread only
-        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._running = threading.Event()
+        self._finished = threading.Event()
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # recent forward passes
 
     def start(self) -> None:
-        self._thread.start()
+        """Run the model loop in a thread of its own."""
+        self.mark_starting()
+        threading.Thread(target=self.run, name="batcher", daemon=True).start()
+
+    def mark_starting(self) -> None:
+        """Alive from now on, not from when a thread gets round to run()."""
+        self._running.set()
+
+    def run(self) -> None:
+        """Run the model loop in the calling thread until stop() (see ModelThreadHost)."""
+        self._running.set()
+        try:
+            self.on_thread_start()
+            self._loop()
+        finally:
+            self._running.clear()
+            self._finished.set()
 
     def stop(self, timeout_s: float = 30) -> None:
-        if self._thread.is_alive():
+        if self._running.is_set():
             self._queue.put(_STOP)
-            self._thread.join(timeout_s)
+            self._finished.wait(timeout_s)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._running.is_set()
 
     async def submit(self, pixels: torch.Tensor, request: PoolRequest) -> np.ndarray:
         """The request's [n, D] embeddings; large requests are split into max_batch chunks."""
@@ -101,9 +120,12 @@ class DynamicBatcher:
     def _next(self, timeout_s: float | None):
         if self._carried:
             return self._carried.popleft()
+        if timeout_s is None:
+            while True:  # in short waits, so that signals reach a main thread waiting here
+                item = self._next(0.5)
+                if item is not None:
+                    return item
         try:
-            if timeout_s is None:
-                return self._queue.get()
             return self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
         except queue.Empty:
             return None

@@ -56,7 +56,9 @@ class ImagePreparer:
         else:
             data = source.value
         if len(data) > self.settings.max_image_bytes:
-            raise ImageError(f"image is {len(data)} bytes, over the {self.settings.max_image_bytes}-byte limit")
+            raise ImageError(
+                f"image is {len(data)} bytes, over the {self.settings.max_image_bytes}-byte limit"
+            )
         return self._decode_and_preprocess(data, preprocessor)
 
     def _decode_and_preprocess(self, data: bytes, preprocessor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from app.embedding.pooling import PoolingStrategy
 from app.errors import ModelNotFound, ServiceError, ServiceUnavailable
 from app.images.fetch import ImageFetcher
 from app.inference.batcher import DynamicBatcher, WorkerDied
+from app.inference.model_thread import ModelHost, OwnThread
 from app.inference.preparation import ImagePreparer
 from app.inference.response import build_response
 from app.inference.spec import EmbedRequestSpec, build_spec
@@ -57,8 +58,15 @@ class RequestContext:
 
 
 class InferenceService:
-    def __init__(self, settings: Settings, fetcher: ImageFetcher, metrics: ServiceMetrics | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        fetcher: ImageFetcher,
+        metrics: ServiceMetrics | None = None,
+        model_host: ModelHost | None = None,
+    ):
         self.settings = settings
+        self.model_host = model_host or OwnThread()
         self.metrics = metrics or ServiceMetrics()
         self.metrics.images_waiting.set_function(lambda: self.admitted_images)
         self.model_name = settings.served_model_name
@@ -102,8 +110,9 @@ class InferenceService:
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             more_expected=lambda: self._preparing > 0,
             on_execution=self._record_execution,
+            on_thread_start=self.embedder.adopt_thread,
         )
-        batcher.start()
+        self.model_host.host(batcher)
         return batcher
 
     def _record_execution(self, timing, queue_ns: list[int]) -> None:

@@ -166,3 +166,32 @@ def test_out_of_memory_is_retried_in_smaller_pieces():
     assert result.shape == (7, 1) and (result == 4.0).all()
     # 7 fails, then halves: 3 fails (1 + 2 pass), 4 fails (2 + 2 pass); never 7 again.
     assert recorder.batches == [7, 3, 1, 2, 4, 2, 2]
+
+
+def test_main_thread_host_runs_the_model_loop_in_the_serving_thread():
+    import threading
+
+    from app.inference.model_thread import MainThreadHost
+
+    host, keep_going, seen = MainThreadHost(), threading.Event(), []
+    recorder = _Recorder()
+    batcher = DynamicBatcher(
+        recorder, max_batch=4, max_wait_s=0, on_thread_start=lambda: seen.append(threading.current_thread())
+    )
+    host.host(batcher)
+    assert batcher.alive  # alive as soon as it is handed over
+    results = []
+
+    def client():
+        async def go():
+            return await batcher.submit(_pixels(2.0, 3), PoolRequest(3, PoolingStrategy.MEAN, False))
+
+        results.append(asyncio.run(go()))
+        batcher.stop()
+        keep_going.clear()
+
+    keep_going.set()
+    threading.Thread(target=client).start()
+    host.serve(keep_going, poll_s=0.05)  # returns once the client is done
+    assert seen == [threading.current_thread()] and (results[0] == 2.0).all()
+    assert not batcher.alive

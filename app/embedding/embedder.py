@@ -44,7 +44,6 @@ class ExecutionTiming:
 
 class Embedder:
     def __init__(self, loaded: LoadedModel, options: ExecutionOptions, fast_preprocessing: bool = True):
-        self.loaded = loaded
         self.options = options
         self.device = options.device
         self.dtype = options.dtype
@@ -76,9 +75,9 @@ class Embedder:
             channels_last=settings.channels_last if settings.channels_last is not None else is_cnn,
             compile=settings.compile,
             max_batch_size=settings.max_batch_size,
+            threads=threads,
         )
         embedder = cls(loaded, options, settings.fast_preprocessing)
-        embedder.torch_threads = threads
         embedder.warm_up()
         log.info(
             "loaded model %s (%s, family %s, %d-d embeddings) from %s on %s as %s "
@@ -90,13 +89,11 @@ class Embedder:
         )  # fmt: skip
         return embedder
 
-    torch_threads = 0  # 0: torch's default
-
     def adopt_thread(self) -> None:
         """Give the calling thread (the one that will run the model) its intra-op threads:
         with OpenMP the setting belongs to the thread that makes it."""
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
 
     def warm_up(self) -> None:
         """Run the largest batch (and, compiled, every bucket) before readiness: the first

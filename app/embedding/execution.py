@@ -19,6 +19,7 @@ class ExecutionOptions:
     channels_last: bool
     compile: bool
     max_batch_size: int
+    threads: int = 0  # intra-op threads of the thread that runs the model; 0: torch's default
 
     @property
     def buckets(self) -> tuple[int, ...]:

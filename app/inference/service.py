@@ -45,8 +45,6 @@ class Overloaded(ServiceUnavailable):
 class InferAnswer:
     body: bytes
     header_length: int | None  # set when binary tensor data follows the JSON header
-    request_id: str
-    image_count: int
 
 
 @dataclass
@@ -235,4 +233,4 @@ class InferenceService:
         body, header_length = build_response(
             request_id, self.model_name, embedder.model_id, embeddings, spec.outputs
         )
-        return InferAnswer(body, header_length, request_id, len(spec.images))
+        return InferAnswer(body, header_length)

@@ -1,8 +1,10 @@
 """Raw forward throughput in-process: eager fp32 transformers (what a user gets alone) and
-the exact configuration the server runs (its Embedder, dtype, layout and compilation)."""
+the exact configuration the server runs (its Embedder, dtype, layout, compilation and, with
+several workers, that many processes running at once on their share of the cores)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 
 import torch
@@ -44,6 +46,42 @@ def configured(embedder, batches: tuple[int, ...], seconds: float) -> dict[int, 
         return lambda: embedder.embed_pixels(pixels[b], [PoolRequest(b, strategy, False)])
 
     return {b: _images_per_second(step_for(b), b, seconds) for b in batches}
+
+
+def configured_in_workers(
+    settings_fields: dict, workers: int, batches: tuple[int, ...], seconds: float
+) -> dict[int, float]:
+    """The server's configuration run by `workers` processes at once (as `WORKERS` runs
+    it), each with its share of the cores; img/s summed over the processes."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [
+        context.Process(target=_worker_rates, args=(settings_fields, barrier, batches, seconds, results))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        per_worker = [results.get(timeout=1800) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+    return {b: sum(rates[b] for rates in per_worker) for b in batches}
+
+
+def _worker_rates(settings_fields: dict, barrier, batches: tuple[int, ...], seconds: float, results) -> None:
+    from app.embedding.embedder import Embedder
+    from app.settings import Settings
+
+    embedder = Embedder.from_settings(Settings(**settings_fields))  # compiles and warms up
+    embedder.adopt_thread()
+    rates = {}
+    for b in batches:
+        barrier.wait()  # every worker measures the same batch size at the same time
+        rates[b] = configured(embedder, (b,), seconds)[b]
+    results.put(rates)
 
 
 def batch_one_latency_ms(embedder, repeats: int = 20) -> float:

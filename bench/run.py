@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.forward import batch_one_latency_ms, configured, eager_fp32
+from bench.forward import batch_one_latency_ms, configured, configured_in_workers, eager_fp32
 from bench.load import run_load
 from bench.models import prepare_model
 
@@ -143,25 +143,35 @@ def request_bodies(
     return bodies
 
 
+EAGER_BATCHES = (1, 8, 16, 32)
+
+
 def measure_forward(args, folder: Path) -> dict:
     import torch
 
     from app.embedding.embedder import Embedder
     from app.settings import Settings
 
-    batches = tuple(b for b in (1, 8, 16, 32, 64) if b <= args.max_batch_size)
     seconds = max(2.0, args.seconds / 2)
-    eager = eager_fp32(folder, batches, seconds)
-    settings = Settings(
+    # The reference is eager fp32 at its own best batch, whatever the server's maximum.
+    eager = eager_fp32(folder, EAGER_BATCHES, seconds)
+    batches = tuple(
+        sorted({b for b in (1, 8, 16, 32, 64) if b <= args.max_batch_size} | {args.max_batch_size})
+    )
+    fields = dict(
         model_id=str(folder), model_dir="/nonexistent", device=args.device, dtype=args.dtype,
         compile=args.compile, max_batch_size=args.max_batch_size, torch_threads=args.torch_threads,
-        channels_last=None if args.channels_last == "auto" else args.channels_last == "true",
+        workers=args.workers, channels_last=None if args.channels_last == "auto" else args.channels_last == "true",
     )  # fmt: skip
-    embedder = Embedder.from_settings(settings)
-    config = configured(embedder, batches, seconds)
+    embedder = Embedder.from_settings(Settings(**fields))
+    if args.workers > 1:
+        config = configured_in_workers(fields, args.workers, batches, seconds)
+    else:
+        config = configured(embedder, batches, seconds)
     # A lone request runs in one worker, with that worker's share of the cores.
-    torch.set_num_threads(args.torch_threads or max(1, (os.cpu_count() or 1) // args.workers))
+    embedder.adopt_thread()
     latency = batch_one_latency_ms(embedder)
+    torch.set_num_threads(os.cpu_count() or 1)
     del embedder
     gc.collect()
     return {
@@ -171,6 +181,24 @@ def measure_forward(args, folder: Path) -> dict:
         "configured_best": max(config.values()),
         "batch1_latency_ms": latency,
     }
+
+
+def server_statistics(base: str) -> dict:
+    """The server's own inference statistics (with several workers: the one that answers)."""
+    return httpx.get(f"{base}/v2/models/bench/stats", timeout=30).json()["model_stats"][0]["inference_stats"]
+
+
+def server_time_split(before: dict | None, after: dict | None) -> dict:
+    """Mean time in the server per request and per forward pass between two readings: what
+    the server adds to the forward, free of the client's and the network's share."""
+
+    def mean_ms(key: str) -> float:
+        if before is None or after is None:
+            return float("nan")
+        count = after[key]["count"] - before[key]["count"]
+        return (after[key]["ns"] - before[key]["ns"]) / count / 1e6 if count else float("nan")
+
+    return {"server_request_ms": mean_ms("success"), "server_forward_ms": mean_ms("compute_infer")}
 
 
 def main(argv=None) -> dict:
@@ -188,16 +216,7 @@ def main(argv=None) -> dict:
         photos = Path(tmp)
         files = write_photos(photos, sizes)
         static_port, server_port = free_port(), free_port()
-        static = [
-            sys.executable,
-            "-m",
-            "http.server",
-            str(static_port),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            tmp,
-        ]
+        static = [sys.executable, "-m", "bench.static_server", tmp, str(static_port)]
         server = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", "bench",
                   "--host", "127.0.0.1", "--port", str(server_port), *server_flags(args)]  # fmt: skip
         base = f"http://127.0.0.1:{server_port}"
@@ -212,10 +231,13 @@ def main(argv=None) -> dict:
                     plans.append((args.batch_request_clients, 16))
                     for clients, per_request in plans:
                         bodies = request_bodies(files[size], photos, host, transport, per_request)
+                        # Each worker process counts its own statistics: read them with one only.
+                        before = server_statistics(base) if args.workers == 1 else None
                         result = run_load(
                             f"{base}/v2/models/bench/infer", bodies, per_request, clients, args.seconds
                         )
                         cell = {"size": f"{size[0]}x{size[1]}", "transport": transport, **asdict(result)}
+                        cell.update(server_time_split(before, server_statistics(base) if before else None))
                         cell["vs_configured_forward"] = result.images_per_second / forward["configured_best"]
                         cell["vs_eager_fp32"] = result.images_per_second / forward["eager_fp32_best"]
                         cells.append(cell)
@@ -239,20 +261,26 @@ def format_row(cell: dict) -> str:
     return (
         f"| {cell['size']} | {cell['transport']} | {cell['clients']} | {cell['images_per_request']} "
         f"| {cell['images_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} | {cell['p99_ms']:.0f} "
-        f"| {cell['vs_configured_forward']:.2f}x | {cell['vs_eager_fp32']:.2f}x | {cell['errors']} |"
+        f"| {cell['vs_configured_forward']:.2f}x | {cell['vs_eager_fp32']:.2f}x "
+        f"| {cell['server_request_ms']:.0f} | {cell['server_forward_ms']:.0f} | {cell['errors']} |"
     )
 
 
 def markdown(report: dict) -> str:
     forward = report["forward"]
+    workers = int(report["flags"][report["flags"].index("--workers") + 1])
+    processes = "one process, all cores" if workers == 1 else f"{workers} processes at once, summed"
     lines = [
         f"Model `{report['model']}`, server flags `{' '.join(report['flags'])}`.",
         f"Raw forward, best batch: eager fp32 {forward['eager_fp32_best']:.1f} img/s, "
-        f"this configuration {forward['configured_best']:.1f} img/s (one process, all cores); "
+        f"this configuration {forward['configured_best']:.1f} img/s ({processes}); "
         f"batch-1 forward {forward['batch1_latency_ms']:.1f} ms (one worker's threads).",
+        "Server ms: mean time per request inside the server, and per forward pass it ran (its "
+        "statistics; nan with several workers, each of which counts its own).",
         "",
-        "| photo | sent as | clients | images/request | img/s | p50 ms | p95 ms | p99 ms | vs configured forward | vs eager fp32 | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| photo | sent as | clients | images/request | img/s | p50 ms | p95 ms | p99 ms "
+        "| vs configured forward | vs eager fp32 | server ms/request | server ms/forward | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(format_row(cell) for cell in report["cells"]),
     ]
     return "\n".join(lines)

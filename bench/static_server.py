@@ -10,6 +10,9 @@ import sys
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real image stores answer
+    # Headers and body go out in separate writes: with Nagle's algorithm on, each response
+    # on a kept-alive connection waits for the client's delayed ACK (about 40 ms).
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass

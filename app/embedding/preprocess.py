@@ -3,7 +3,8 @@ overlapping the forward pass).
 
 For the common processors (resize, optional centre crop, rescale, normalise) a direct
 path replaces the transformers processor: Pillow's antialiased resize on the uint8 image
-(what the processor itself calls), crop, then one fused multiply-add in numpy. It gives
+(what the processor itself calls) of just the region the centre crop keeps, then one
+multiply-add in numpy (a 640x480 JPEG data URI, base64 to tensor: 4.2 ms, was 8.8). It gives
 the processor's embeddings to cosine 0.99999 at a fraction of its cost. No torch op runs
 here: torch's OpenMP teams in several decoding threads would fight the forward pass's
 threads for the cores (measured: half the throughput). Any other processor is called as
@@ -34,11 +35,13 @@ class Preprocessor:
         self.draft_min_side = None  # no reduced-scale decoding: the processor decides
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        # numpy out, wrapped after: a torch op in a decoding thread would give it an OpenMP team.
+        pixels = self.processor(images=[image], return_tensors="np")["pixel_values"][0]
+        return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
 
 
 class FastPreprocessor(Preprocessor):
-    """The uint8 torch path for simple resize/crop/normalise processors."""
+    """Pillow and numpy for simple resize/crop/normalise processors."""
 
     fast = True
 
@@ -68,16 +71,29 @@ class FastPreprocessor(Preprocessor):
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         height, width = self.output_size(image.width, image.height)
-        if (height, width) != (image.height, image.width):
-            image = image.resize((width, height), self.resample)
-        if self.crop is not None:
+        if self.crop is None:
+            if (height, width) != (image.height, image.width):
+                image = image.resize((width, height), self.resample)
+        else:
             crop_h, crop_w = self.crop
             top, left = (height - crop_h) // 2, (width - crop_w) // 2
             if top < 0 or left < 0:
                 return super().__call__(image)  # the processor pads images smaller than the crop
-            image = image.crop((left, top, left + crop_w, top + crop_h))
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(pixels * self.multiply + self.add))
+            if (height, width) == (image.height, image.width):
+                image = image.crop((left, top, left + crop_w, top + crop_h))
+            else:
+                # Resize only the source region the crop keeps: the same filter centres and
+                # weights as resizing everything and cropping after (pixels differ by at most
+                # one level in rounding), for a third less work.
+                scale_x, scale_y = image.width / width, image.height / height
+                box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
+                image = image.resize((crop_w, crop_h), self.resample, box=box)
+        pixels = np.asarray(image)  # uint8 [H, W, 3]
+        # One multiply into a CHW float32 buffer, then one add in place: no temporaries.
+        chw = np.empty((3, image.height, image.width), dtype=np.float32)
+        np.multiply(pixels.transpose(2, 0, 1), self.multiply, out=chw)
+        chw += self.add
+        return torch.from_numpy(chw)
 
 
 def make_preprocessor(processor, allow_fast: bool = True) -> Preprocessor:

@@ -46,7 +46,7 @@ def decode_image(data: bytes, max_pixels: int, draft_min_side: int | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()  # the first frame of an animation
-            image = ImageOps.exif_transpose(image) or image
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when nothing turns
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image data is corrupt or truncated: {exc}") from None

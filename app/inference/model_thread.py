@@ -1,16 +1,45 @@
-"""Where the model loop runs. torch's OpenMP parallel regions cost much more when launched
-from a thread other than the process's main thread (MobileNetV2, batch 1, 2 threads:
-17.5 ms from the main thread, 41.5 ms from another). `python -m app` therefore serves
-HTTP from a thread and hands the main thread to the model loop; embedded uses (tests)
-keep a thread of its own."""
+"""Where torch runs. Two measured effects decide it (MobileNetV2, 2 cores, 2 intra-op threads):
+
+- The same forward is slower from a thread other than the process's main thread (batch 8:
+  116 to 122 ms from the main thread, 157 to 182 ms from another), so `python -m app` serves
+  HTTP from a thread and hands the main thread to the model loop; embedded uses (tests)
+  keep a thread of their own.
+- Every thread that runs a torch op keeps an OpenMP team for as long as it lives; with more
+  OpenMP threads alive than cores, libgomp stops spinning between parallel regions and
+  every forward slows down (batch 1: 18 ms -> 36 to 47 ms). Loading therefore runs in a
+  thread that ends, and decoding threads run no torch op.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import queue
 import threading
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from app.inference.batcher import DynamicBatcher
+
+T = TypeVar("T")
+
+
+async def run_in_passing_thread(function: Callable[[], T]) -> T:
+    """`function()` in a thread that ends when it returns and takes its OpenMP team with it
+    (see above); a pooled executor thread would keep its team for good."""
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(function())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="model-loader", daemon=True)
+    thread.start()
+    result = await asyncio.wrap_future(outcome)
+    await asyncio.to_thread(thread.join)  # its OpenMP team is gone before the first forward
+    return result
 
 
 class ModelHost(Protocol):

@@ -12,6 +12,7 @@ from app.errors import BadRequest, ImageError, InputError
 from app.images.decode import decode_image
 from app.images.fetch import ImageFetcher
 from app.images.sources import ImageSource, SourceKind, classify, decode_base64, decode_data_uri
+from app.inference.decode_threads import decode_executor
 from app.inference.spec import IMAGE_INPUT
 from app.settings import Settings
 
@@ -20,6 +21,13 @@ class ImagePreparer:
     def __init__(self, settings: Settings, fetcher: ImageFetcher):
         self.settings = settings
         self.fetcher = fetcher
+        self._threads = decode_executor()
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
 
     async def prepare(self, elements: list[str | bytes], preprocessor) -> torch.Tensor:
         """All elements concurrently, within the request's fetch budget; the first failure
@@ -42,9 +50,9 @@ class ImagePreparer:
             source = classify(element)
             if source.kind is SourceKind.URL:
                 data = await self.fetcher.fetch(source.value)
-                return await asyncio.to_thread(self._decode_and_preprocess, data, preprocessor)
+                return await self._in_thread(self._decode_and_preprocess, data, preprocessor)
             # base64 of a large photo takes milliseconds: in the thread too, off the event loop.
-            return await asyncio.to_thread(self._inline_to_tensor, source, preprocessor)
+            return await self._in_thread(self._inline_to_tensor, source, preprocessor)
         except ImageError as exc:
             raise InputError(IMAGE_INPUT, index, exc.message) from None
 

@@ -15,7 +15,7 @@ from app.embedding.pooling import PoolingStrategy
 from app.errors import ModelNotFound, ServiceError, ServiceUnavailable
 from app.images.fetch import ImageFetcher
 from app.inference.batcher import DynamicBatcher, WorkerDied
-from app.inference.model_thread import ModelHost, OwnThread
+from app.inference.model_thread import ModelHost, OwnThread, run_in_passing_thread
 from app.inference.preparation import ImagePreparer
 from app.inference.response import build_response
 from app.inference.spec import EmbedRequestSpec, build_spec
@@ -84,7 +84,7 @@ class InferenceService:
     async def load(self) -> None:
         started = time.perf_counter()
         try:
-            embedder = await asyncio.to_thread(Embedder.from_settings, self.settings)
+            embedder = await run_in_passing_thread(lambda: Embedder.from_settings(self.settings))
             if self.settings.pooling_strategy is not None:
                 embedder.check_pooling(self.settings.pooling_strategy)
         except Exception as exc:  # noqa: BLE001 - any load failure leaves the server unready
@@ -143,6 +143,7 @@ class InferenceService:
                 await self._supervisor
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.stop)
+        self.preparer.close()
 
     @property
     def ready(self) -> bool:

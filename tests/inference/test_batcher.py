@@ -195,3 +195,26 @@ def test_main_thread_host_runs_the_model_loop_in_the_serving_thread():
     host.serve(keep_going, poll_s=0.05)  # returns once the client is done
     assert seen == [threading.current_thread()] and (results[0] == 2.0).all()
     assert not batcher.alive
+
+
+def test_loading_runs_in_a_thread_that_has_ended_when_it_returns():
+    import threading
+
+    from app.inference.model_thread import run_in_passing_thread
+
+    ran_in = []
+
+    def load():
+        ran_in.append(threading.current_thread())
+        return torch.ones(256, 256).sum().item()  # a torch op, as loading and warm-up run
+
+    def broken():
+        raise ValueError("no such model")
+
+    async def go():
+        assert await run_in_passing_thread(load) == 65536.0
+        assert ran_in[0] is not threading.current_thread() and not ran_in[0].is_alive()
+        with pytest.raises(ValueError, match="no such model"):
+            await run_in_passing_thread(broken)
+
+    asyncio.run(go())

@@ -184,7 +184,8 @@ def measure_forward(args, folder: Path) -> dict:
 
 
 def server_statistics(base: str) -> dict:
-    """The server's own inference statistics (with several workers: the one that answers)."""
+    """The server's own inference statistics; with several workers each process counts its
+    own and a reading comes from whichever answers, so main() reads them with one worker only."""
     return httpx.get(f"{base}/v2/models/bench/stats", timeout=30).json()["model_stats"][0]["inference_stats"]
 
 

@@ -43,3 +43,11 @@ class PayloadTooLarge(ServiceError):
 
 class ServiceUnavailable(ServiceError):
     status_code = 503
+
+
+class Overloaded(ServiceUnavailable):
+    """Past a capacity bound: the client should retry shortly (Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}

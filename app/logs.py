@@ -1,13 +1,26 @@
 """Logging: text for people, or one JSON object per line for log collectors (LOG_FORMAT).
 
 Structured fields go in `extra={"fields": {...}}`; the JSON format puts them at the top
-level of the line, the text format appends them as key=value."""
+level of the line, the text format appends them as key=value.
+
+Values can come from requests (a model name in the path, an id, an error message quoting
+a URL): in the text format every control character is escaped, and the lines of a
+traceback after its first are indented, so nothing a client sends can start a log line.
+The JSON format escapes them by construction."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control(text: str) -> str:
+    """`text` on one line: control characters (CR, LF, ESC, ...) as \\xNN or \\uNNNN."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,10 +43,19 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        record.message = escape_control(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
         fields = getattr(record, "fields", None)
         if fields:
-            text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+            text += " " + " ".join(f"{key}={escape_control(str(value))}" for key, value in fields.items())
+        if record.exc_info:
+            # Each line of the traceback indented: its last line quotes the exception's
+            # message, which may hold a client's text.
+            trace = self.formatException(record.exc_info)
+            text += "\n" + "\n".join("    " + escape_control(line) for line in trace.splitlines())
+        if record.stack_info:
+            text += "\n" + "\n".join("    " + line for line in self.formatStack(record.stack_info).splitlines())
         return text
 
 

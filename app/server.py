@@ -15,6 +15,7 @@ from app.api import health, models
 from app.api import metrics as metrics_route
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObservabilityMiddleware
+from app.images.decode import set_pillow_pixel_limit
 from app.images.fetch import ImageFetcher, Resolver, system_resolver
 from app.images.url_policy import UrlPolicy
 from app.inference.model_thread import ModelHost
@@ -32,6 +33,7 @@ def create_app(
 ) -> FastAPI:
     """The app; `resolver` turns image URL hosts into addresses (tests pass their own);
     `model_host` decides which thread runs the model (default: a thread of its own)."""
+    set_pillow_pixel_limit(settings.max_image_pixels)
     fetcher = ImageFetcher(
         settings.fetch_timeout_s,
         settings.max_image_bytes,

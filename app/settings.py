@@ -7,7 +7,7 @@ import ipaddress
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.embedding.pooling import PoolingStrategy
@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=64, description="largest decoded image accepted, in pixels (width x height)"
     )
+    max_decoding_pixels: int = Field(
+        64_000_000,
+        ge=64,
+        description="decoded pixels held at once by images being decoded, across requests; past "
+        "it, decoding waits (an image larger than this decodes alone)",
+    )
     max_queue_images: int = Field(
         256,
         ge=1,
@@ -117,8 +123,29 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, description="on SIGTERM, seconds answering 503 before closing the listener"
     )
     max_request_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"
+        64 * 1024 * 1024, ge=1024, description="largest request body accepted (after decompression), in bytes"
     )
+    max_request_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="request body bytes (compressed and inflated) held at once across requests; "
+        "past it: 503 + Retry-After",
+    )
+    max_inflation_ratio: float = Field(
+        100.0,
+        ge=1,
+        description="most a gzip/deflate body over 1 MiB inflated may be, as a multiple of its "
+        "compressed size",
+    )
+
+    @field_validator("max_request_bytes_in_flight")
+    @classmethod
+    def _fits_one_request(cls, value: int, info: ValidationInfo) -> int:
+        largest = info.data.get("max_request_bytes")
+        if largest is not None and value < largest:
+            raise ValueError(f"must be at least MAX_REQUEST_BYTES ({largest}), or no large request is ever served")
+        return value
+
     log_level: str = Field("info", description="debug, info, warning, error")
     log_format: str = Field(
         "text", pattern="^(text|json)$", description="text, or json (one object per line)"

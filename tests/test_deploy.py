@@ -55,7 +55,7 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     for _, document in _documents("kubernetes/*.yaml"):
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
         kinds.add(document["kind"])
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"}
 
 
 def _check_container(container: dict):
@@ -100,3 +100,54 @@ def test_deployment_container():
     _check_container(container)
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert "/mnt/models" in mounts
+
+
+def _check_hardened_pod(pod: dict, container: dict) -> None:
+    """Read-only root, writable caches and /tmp only as size-limited emptyDirs, the runtime's
+    seccomp profile, no service account token, no privilege."""
+    assert pod["automountServiceAccountToken"] is False
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] == 10001
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    own = container["securityContext"]
+    assert own["readOnlyRootFilesystem"] is True and own["allowPrivilegeEscalation"] is False
+    assert own["capabilities"]["drop"] == ["ALL"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert set(writable) == {"/home/embed/.cache", "/tmp"}
+    for name in writable.values():
+        assert volumes[name]["emptyDir"]["sizeLimit"]
+
+
+def test_every_pod_is_hardened_the_same_way():
+    [(_, deployment)] = [d for d in _documents("kubernetes/deployment.yaml")]
+    pod = deployment["spec"]["template"]["spec"]
+    _check_hardened_pod(pod, pod["containers"][0])
+    for _, service in _documents("kserve/*.yaml"):
+        predictor = service["spec"]["predictor"]
+        _check_hardened_pod(predictor, predictor["containers"][0])
+        # KServe's predictor is a pod spec: the fields validate as one.
+        pod_fields = {k: v for k, v in predictor.items() if k not in _KSERVE_ONLY_FIELDS}
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": pod_fields},
+            K8S_VERSION,
+            strict=True,
+        )
+
+
+_KSERVE_ONLY_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency", "timeout"}
+
+
+def test_network_policy_keeps_egress_off_internal_addresses():
+    [(_, policy)] = [d for d in _documents("kubernetes/networkpolicy.yaml")]
+    [(_, deployment)] = [d for d in _documents("kubernetes/deployment.yaml")]
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    blocks = [
+        peer["ipBlock"] for rule in policy["spec"]["egress"] for peer in rule["to"] if "ipBlock" in peer
+    ]
+    excluded = {cidr for block in blocks for cidr in block.get("except", [])}
+    for internal in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "fc00::/7"):
+        assert internal in excluded, internal
+    web_ports = {p["port"] for rule in policy["spec"]["egress"] if any("ipBlock" in t for t in rule["to"]) for p in rule["ports"]}
+    assert web_ports == {80, 443}

@@ -4,20 +4,12 @@ request metrics by route template, and one log line per inference request."""
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 
 from app.metrics import ServiceMetrics
+from app.request_ids import new_request_id, safe_request_id
 
 log = logging.getLogger("app.access")
-
-# Ids from clients go into logs and headers: only a safe alphabet, bounded length.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-
-
-def safe_request_id(candidate: str | None) -> str | None:
-    return candidate if candidate and _SAFE_ID.match(candidate) else None
 
 
 class ObservabilityMiddleware:
@@ -32,7 +24,8 @@ class ObservabilityMiddleware:
         header = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
         state = scope.setdefault("state", {})
         # The infer route replaces this with the V2 `id` when the body has one.
-        state["request_id"] = safe_request_id(header) or str(uuid.uuid4())
+        # (Ids from clients go into logs and headers: only a safe alphabet, bounded length.)
+        state["request_id"] = safe_request_id(header) or new_request_id()
         status = 500
 
         async def send_with_id(message):

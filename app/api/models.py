@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from app.api.dependencies import get_service
 from app.api.examples import INFER_EXAMPLES
 from app.api.responses import JSONBytesResponse
-from app.errors import PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge
+from app.inference.budgets import Reservation
 from app.inference.service import MODEL_VERSION, InferenceService, RequestContext
 from app.inference.spec import KNOWN_INPUTS
 from app.protocol.schema import ErrorResponse, InferResponse, ModelMetadata, ModelReadyResponse
@@ -100,9 +102,9 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
                 service: InferenceService = Depends(get_service)):  # fmt: skip
     service.check_model(model_name, model_version)
     service.require_ready()
-    body = await read_body(request, service.settings.max_request_bytes)
-    context = RequestContext(request.state.request_id)
+    context = RequestContext(request.state.request_id, body=Reservation(service.body_bytes))
     try:
+        body = await read_body(request, service.settings.max_request_bytes, context.body)
         answer = await service.infer(
             body,
             request.headers.get("content-encoding"),
@@ -110,6 +112,7 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
             context,
         )
     finally:  # for the access log and the X-Request-ID header, errors included
+        context.body.release()
         request.state.request_id = context.request_id
         request.state.image_count = context.image_count
     if answer.header_length is None:
@@ -128,16 +131,25 @@ async def model_stats(model_name: str, model_version: str | None = None,
     return JSONBytesResponse({"model_stats": [service.stats.as_dict()]})
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refused with 413 as soon as it is known to pass max_bytes."""
+async def read_body(request: Request, max_bytes: int, reservation: Reservation) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to pass max_bytes, and with
+    503 when the server already holds its limit of body bytes (before reading a byte of a
+    body that declares its length)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
+    if declared and declared.isdigit():
+        if int(declared) > max_bytes:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
+        reservation.grow(int(declared))
     chunks = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
+            if received > reservation.held:  # chunked, or more than declared
+                reservation.grow(received - reservation.held)
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody to answer; a 400 in the access log, not a traceback
+        raise BadRequest(f"client disconnected after {received} bytes of the body") from None
     return b"".join(chunks)

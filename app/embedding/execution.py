@@ -4,10 +4,11 @@ sizes, intra-op threads. Each option measured in bench/ and documented in README
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
+
+from app.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ExecutionOptions:
 
 def configure_threads(torch_threads: int, workers: int) -> int:
     """Intra-op threads: the setting, else this process's share of the cores."""
-    threads = torch_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = torch_threads or max(1, usable_cpus() // max(1, workers))
     torch.set_num_threads(threads)
     return threads
 

@@ -1,19 +1,28 @@
 """Fetch image URLs through one shared httpx.AsyncClient: every host resolved and checked
 by the URL policy, the connection pinned to the checked address (no second lookup to
-rebind), every redirect checked again, a timeout and a streamed byte cap."""
+rebind), every redirect checked again, a timeout and a streamed byte cap.
+
+The request keeps the URL's host name: the connection pool is keyed by it and TLS checks
+the certificate against it, so a connection verified for one name is never reused for
+another that happens to share its address. Only the TCP connect is pinned, by a network
+backend that connects to the address the policy checked for this request (and refuses
+any host nobody checked)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from app.errors import ImageError
-from app.images.url_policy import IPAddress, UrlPolicy
+from app.images.url_policy import IPAddress, PolicyRefusal, UrlPolicy
 
 # Content types that are certainly not an image file (an error page, an API answer).
 _NON_IMAGE_TYPES = ("text/", "application/json", "application/xml", "application/xhtml")
@@ -31,6 +40,43 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
         if address not in addresses:
             addresses.append(address)
     return addresses
+
+
+# (host as httpcore sees it, port) -> the checked address, set by the task that sends.
+# httpcore opens connections in the calling task, so the backend sees this task's value.
+_PINNED: contextvars.ContextVar[dict[tuple[str, int], str]] = contextvars.ContextVar("pinned_addresses")
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Connects only to addresses the URL policy checked for the request being sent."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None):
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout=None, local_address=None, socket_options=None):
+        address = _PINNED.get({}).get((host.lower(), port))
+        if address is None:
+            raise httpcore.ConnectError(f"refusing to connect to {host}:{port}: no checked address")
+        return await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise httpcore.ConnectError("image fetches never use unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def pinned_transport(verify: ssl.SSLContext | bool = True) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(verify=verify, trust_env=False)
+    pool = transport._pool  # httpx 0.28 takes no network backend: swap the pool (pinned version)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=pool._ssl_context,
+        max_connections=pool._max_connections,
+        max_keepalive_connections=pool._max_keepalive_connections,
+        keepalive_expiry=pool._keepalive_expiry,
+        network_backend=PinnedBackend(),
+    )
+    return transport
 
 
 def redact_url(url: str) -> str:
@@ -54,6 +100,7 @@ class ImageFetcher:
         policy: UrlPolicy | None = None,
         resolver: Resolver = system_resolver,
         max_concurrent: int = 64,
+        verify: ssl.SSLContext | bool = True,  # certificate checks; tests pass their own CA
     ):
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
@@ -66,6 +113,7 @@ class ImageFetcher:
             # identity: the byte cap counts what arrives, and no gzip bomb inflates past it.
             headers={"User-Agent": "image-embed-server", "Accept": "image/*", "Accept-Encoding": "identity"},
             trust_env=False,  # never route image fetches through an ambient proxy
+            transport=pinned_transport(verify),
         )
 
     async def aclose(self) -> None:
@@ -94,27 +142,28 @@ class ImageFetcher:
         raise ImageError(f"fetching {redact_url(url)}: more than {MAX_REDIRECTS} redirects")
 
     async def _pinned_request(self, url: str) -> httpx.Request:
-        """A request to the address the policy checked, with the original Host and TLS name."""
+        """A request for `url`, its connection pinned to an address the policy checked."""
         scheme, host, port = self.policy.check_url(url)
         try:
-            addresses = [ipaddress.ip_address(host)]
+            target = httpx.URL(url)
+            # The name as it goes to DNS and to httpcore (IDNA, lower case, no brackets).
+            wire_host = target.raw_host.decode("ascii").lower()
+        except Exception:  # noqa: BLE001 - httpx and idna raise several types on bad hosts
+            raise PolicyRefusal(f"URL host {host!r} is not a valid host name (refused by policy)") from None
+        self.policy.check_host(host)
+        try:
+            addresses = [ipaddress.ip_address(wire_host)]
         except ValueError:
             try:
-                addresses = await self.resolver(host, port)
-            except OSError:
-                raise ImageError(f"cannot resolve host {host!r}") from None
+                addresses = await self.resolver(wire_host, port)
+            except Exception:  # noqa: BLE001 - any resolver failure (IDNA, OS, timeout) is a refusal
+                raise self.policy.refusal(host) from None
         if not addresses:
-            raise ImageError(f"cannot resolve host {host!r}")
+            raise self.policy.refusal(host)
         for address in addresses:  # every address, or a round-robin answer could slip through
             self.policy.check_address(host, address)
-        target = httpx.URL(url).copy_with(host=str(addresses[0]))
-        default_port = 443 if scheme == "https" else 80
-        host_header = host if ":" not in host else f"[{host}]"
-        if port != default_port:
-            host_header += f":{port}"
-        return self._client.build_request(
-            "GET", target, headers={"Host": host_header}, extensions={"sni_hostname": host}
-        )
+        _PINNED.set({(wire_host, port): str(addresses[0])})
+        return self._client.build_request("GET", target)
 
     async def _get(self, url: str) -> bytes | str:
         """The body, or the Location of a redirect to follow."""

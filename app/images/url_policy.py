@@ -1,7 +1,13 @@
 """Which URLs the server may fetch. From inside a cluster, a URL is a way to reach the
 metadata endpoint, the database and every internal service: by default only http(s) to
 globally routable addresses is allowed, every address a host resolves to is checked, and
-the connection then goes to the address that was checked."""
+the connection then goes to the address that was checked.
+
+Only a CIDR entry of the allow-list (or an address literal listed and used as the URL's
+host), or ALLOW_PRIVATE_URLS, lets a URL reach a non-public address: an allow-listed host
+*name* still has to resolve to public addresses, since whoever controls its DNS decides
+where it points. The cloud metadata endpoints are refused even with ALLOW_PRIVATE_URLS,
+unless an allow-list entry names them. A refusal never says whether the name resolved."""
 
 from __future__ import annotations
 
@@ -28,6 +34,11 @@ _NON_GLOBAL_NETWORKS = tuple(
     )
 )  # fmt: skip
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Instance metadata services: AWS, GCP, Azure, OpenStack, Oracle (IPv4); AWS (IPv6);
+# Alibaba Cloud. They hand out the node's credentials.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
 
 
 class PolicyRefusal(ImageError):
@@ -49,6 +60,11 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     if int(address) >> 32 == 0 and int(address) > 1:  # ::a.b.c.d (deprecated IPv4-compatible)
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
+
+
+def is_metadata_address(address: IPAddress) -> bool:
+    inner = embedded_ipv4(address)
+    return address in METADATA_ADDRESSES or (inner is not None and inner in METADATA_ADDRESSES)
 
 
 def is_public_address(address: IPAddress) -> bool:
@@ -116,12 +132,39 @@ class UrlPolicy:
             raise PolicyRefusal("URL has no host (refused by policy)")
         return scheme, host, port or (443 if scheme == "https" else 80)
 
+    def refusal(self, host: str) -> PolicyRefusal:
+        """The one message for every refused host, whatever DNS answered (or not): a client
+        must not be able to map internal names by telling the cases apart."""
+        if self.restricted_to_allowlist and host not in self.allowed_hosts:
+            return PolicyRefusal(f"host {host!r} is not on this server's URL allow-list (refused by policy)")
+        return PolicyRefusal(
+            f"host {host!r} does not resolve to an address this server may fetch from (refused by policy)"
+        )
+
+    def check_host(self, host: str) -> None:
+        """Before resolving: a name the allow-list can never admit is refused without DNS."""
+        if self.restricted_to_allowlist and not self.allowed_networks and host not in self.allowed_hosts:
+            raise self.refusal(host)
+
     def check_address(self, host: str, address: IPAddress) -> None:
         """Refuse `address` (one that `host` resolved to) unless the policy allows it."""
-        if host in self.allowed_hosts or any(address in net for net in self.allowed_networks):
+        # Named explicitly: a CIDR entry, or an address literal listed and used as the host.
+        named = any(address in net for net in self.allowed_networks) or (
+            host in self.allowed_hosts and _is_literal_of(host, address)
+        )
+        if named:
             return
-        if self.restricted_to_allowlist:
-            raise PolicyRefusal(f"host {host!r} is not on this server's URL allow-list (refused by policy)")
+        if is_metadata_address(address):
+            raise self.refusal(host)
+        if self.restricted_to_allowlist and host not in self.allowed_hosts:
+            raise self.refusal(host)
         if self.allow_private or is_public_address(address):
             return
-        raise PolicyRefusal(f"host {host!r} resolves to a non-public address (refused by policy)")
+        raise self.refusal(host)
+
+
+def _is_literal_of(host: str, address: IPAddress) -> bool:
+    try:
+        return ipaddress.ip_address(host) == address
+    except ValueError:
+        return False

@@ -13,6 +13,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from app.cpus import usable_cpus
+
 log = logging.getLogger(__name__)
 
 DECODE_NICENESS = 10  # CFS weight 110 against the model thread's 1024
@@ -29,7 +31,8 @@ def _lower_priority() -> None:
 
 def decode_executor(threads: int | None = None) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
-        max_workers=threads or min(32, (os.cpu_count() or 1) + 4),
+        # The CPUs this process may use (affinity, cgroup quota), not the node's cores.
+        max_workers=threads or min(32, usable_cpus() + 4),
         thread_name_prefix="decode",
         initializer=_lower_priority,
     )

@@ -1,17 +1,24 @@
 """Turn a request's `image` elements into one stacked input tensor: fetch URLs, decode
-inline data, decode and preprocess in threads (overlapping other requests' forward passes)."""
+inline data, decode and preprocess in threads (overlapping other requests' forward passes).
+
+Each image is opened (header only) first; its decoded pixels are then reserved from a
+budget shared by every request, and only then decoded: however many large images arrive
+at once, the pixels held in memory stay under MAX_DECODING_PIXELS."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import torch
+from PIL import Image
 
-from app.errors import BadRequest, ImageError, InputError
-from app.images.decode import decode_image
+from app.errors import BadRequest, ImageError, InputError, Overloaded
+from app.images.decode import finish_decoding, open_image
 from app.images.fetch import ImageFetcher
 from app.images.sources import ImageSource, SourceKind, classify, decode_base64, decode_data_uri
+from app.inference.budgets import WeightedSemaphore
 from app.inference.decode_threads import decode_executor
 from app.inference.spec import IMAGE_INPUT
 from app.settings import Settings
@@ -22,6 +29,7 @@ class ImagePreparer:
         self.settings = settings
         self.fetcher = fetcher
         self._threads = decode_executor()
+        self.pixel_budget = WeightedSemaphore(settings.max_decoding_pixels)
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -33,30 +41,65 @@ class ImagePreparer:
         """All elements concurrently, within the request's fetch budget; the first failure
         (by element index) fails the request and cancels the rest."""
         budget = self.settings.fetch_total_timeout_s
+        waiting = _BudgetWait()
         try:
             async with asyncio.timeout(budget), asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._prepare_one(i, e, preprocessor)) for i, e in enumerate(elements)
+                    group.create_task(self._prepare_one(i, e, preprocessor, waiting))
+                    for i, e in enumerate(elements)
                 ]
         except TimeoutError:
+            if waiting.stalled:  # the server's memory bound held it up, not the request
+                raise Overloaded(
+                    f"server is decoding other images at its limit of {self.settings.max_decoding_pixels} "
+                    "pixels in flight (MAX_DECODING_PIXELS); retry shortly"
+                ) from None
             raise BadRequest(f"input 'image': fetching and decoding took longer than {budget:g} s") from None
         except BaseExceptionGroup as failures:
             raise _first_failure(failures) from None
         # numpy, not torch.stack: no torch thread team on the event loop's thread.
         return torch.from_numpy(np.stack([task.result().numpy() for task in tasks]))
 
-    async def _prepare_one(self, index: int, element: str | bytes, preprocessor) -> torch.Tensor:
+    async def _prepare_one(self, index: int, element: str | bytes, preprocessor, waiting) -> torch.Tensor:
         try:
             source = classify(element)
             if source.kind is SourceKind.URL:
                 data = await self.fetcher.fetch(source.value)
-                return await self._in_thread(self._decode_and_preprocess, data, preprocessor)
-            # base64 of a large photo takes milliseconds: in the thread too, off the event loop.
-            return await self._in_thread(self._inline_to_tensor, source, preprocessor)
+                image = await self._in_thread(self._open, data, preprocessor)
+            else:
+                # base64 of a large photo takes milliseconds: in the thread too, off the event loop.
+                image = await self._in_thread(self._open_inline, source, preprocessor)
+            try:
+                pixels = await self.pixel_budget.acquire(image.width * image.height)
+            except asyncio.CancelledError:
+                waiting.stalled = True
+                raise
+            return await self._in_thread_releasing(pixels, self._finish, image, preprocessor)
         except ImageError as exc:
             raise InputError(IMAGE_INPUT, index, exc.message) from None
 
-    def _inline_to_tensor(self, source: ImageSource, preprocessor) -> torch.Tensor:
+    async def _in_thread_releasing(self, pixels: int, function, *args):
+        """Run in a decoding thread, giving `pixels` back to the budget when the thread is
+        done with them: a cancelled request's decode may still be running, holding memory."""
+        loop = asyncio.get_running_loop()
+
+        def give_back(_) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                loop.call_soon_threadsafe(self.pixel_budget.release, pixels)
+
+        try:
+            job = self._threads.submit(function, *args)
+        except RuntimeError:  # the pool is shut down
+            self.pixel_budget.release(pixels)
+            raise
+        job.add_done_callback(give_back)
+        return await asyncio.wrap_future(job)
+
+    def _open_inline(self, source: ImageSource, preprocessor) -> Image.Image:
+        limit = self.settings.max_image_bytes
+        if source.kind is not SourceKind.FILE_BYTES and len(source.value) * 3 // 4 > limit * 1.1 + 1024:
+            # Base64 far past the limit is refused before decoding it (which holds the GIL).
+            raise ImageError(f"image is about {len(source.value) * 3 // 4} bytes, over the {limit}-byte limit")
         if source.kind is SourceKind.DATA_URI:
             data = decode_data_uri(source.value)
         elif source.kind is SourceKind.BASE64:
@@ -67,11 +110,24 @@ class ImagePreparer:
             raise ImageError(
                 f"image is {len(data)} bytes, over the {self.settings.max_image_bytes}-byte limit"
             )
-        return self._decode_and_preprocess(data, preprocessor)
+        return self._open(data, preprocessor)
 
-    def _decode_and_preprocess(self, data: bytes, preprocessor) -> torch.Tensor:
-        image = decode_image(data, self.settings.max_image_pixels, preprocessor.draft_min_side)
-        return preprocessor(image)
+    def _open(self, data: bytes, preprocessor) -> Image.Image:
+        return open_image(data, self.settings.max_image_pixels, preprocessor.draft_min_side)
+
+    def _finish(self, image: Image.Image, preprocessor) -> torch.Tensor:
+        rgb = finish_decoding(image, self.settings.max_image_pixels)
+        try:
+            return preprocessor(rgb)
+        except Exception as exc:  # noqa: BLE001 - an image the processor cannot take is its 400
+            raise ImageError(f"cannot preprocess image: {type(exc).__name__}") from None
+
+
+class _BudgetWait:
+    """Whether an element of one request was still waiting for the decoding budget when
+    the request was cancelled (its deadline, or another element's failure)."""
+
+    stalled = False
 
 
 def _first_failure(group: BaseExceptionGroup) -> BaseException:

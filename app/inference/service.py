@@ -12,33 +12,32 @@ from dataclasses import dataclass
 
 from app.embedding.embedder import Embedder, PoolRequest
 from app.embedding.pooling import PoolingStrategy
-from app.errors import ModelNotFound, ServiceError, ServiceUnavailable
+from app.errors import ModelNotFound, Overloaded, ServiceError, ServiceUnavailable
 from app.images.fetch import ImageFetcher
 from app.inference.batcher import DynamicBatcher, WorkerDied
+from app.inference.budgets import ByteBudget, Reservation
 from app.inference.model_thread import ModelHost, OwnThread, run_in_passing_thread
 from app.inference.preparation import ImagePreparer
 from app.inference.response import build_response
-from app.inference.spec import EmbedRequestSpec, build_spec
+from app.inference.spec import EmbedRequestSpec, build_spec, input_admission, max_json_values
 from app.inference.stats import ModelStatistics
 from app.metrics import ServiceMetrics
-from app.protocol.encoding import decode_content
+from app.protocol.encoding import decode_content, inflated_size_limit, is_encoded
 from app.protocol.request import parse_infer_body
+from app.request_ids import safe_request_id
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
 SUPERVISE_EVERY_S = 0.5
+# Bodies past this size (or compressed) are inflated and parsed in a thread: tens of
+# milliseconds of work that would otherwise stall every other request and the probes.
+PARSE_ON_LOOP_BYTES = 256 * 1024
 
 
 class DeadlineExceeded(ServiceError):
     status_code = 504
-
-
-class Overloaded(ServiceUnavailable):
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message)
-        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 @dataclass
@@ -51,8 +50,10 @@ class InferAnswer:
 class RequestContext:
     """What the HTTP layer logs about a request, filled in as the service learns it."""
 
-    request_id: str  # X-Request-ID or generated; the V2 `id` replaces it
+    request_id: str  # X-Request-ID or generated; a safe V2 `id` replaces it
     image_count: int | None = None
+    # The body bytes this request holds of the server's in-flight budget.
+    body: Reservation | None = None
 
 
 class InferenceService:
@@ -76,6 +77,9 @@ class InferenceService:
         self.draining = False
         self.stats = ModelStatistics(self.model_name, MODEL_VERSION)
         self.admitted_images = 0  # admitted and not yet answered: the backpressure bound
+        self.body_bytes = ByteBudget(
+            settings.max_request_bytes_in_flight, "request bodies", "MAX_REQUEST_BYTES_IN_FLIGHT"
+        )
         self._preparing = 0  # requests fetching or decoding: the batcher waits for them
         self._supervisor: asyncio.Task | None = None
 
@@ -88,6 +92,7 @@ class InferenceService:
             if self.settings.pooling_strategy is not None:
                 embedder.check_pooling(self.settings.pooling_strategy)
         except Exception as exc:  # noqa: BLE001 - any load failure leaves the server unready
+            # The details (paths, repo ids) go to the log only; clients are told to look there.
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", self.load_error)
             return
@@ -166,7 +171,7 @@ class InferenceService:
 
     def require_loaded(self) -> Embedder:
         if self.embedder is None:
-            state = f"failed to load ({self.load_error})" if self.load_error else "is loading"
+            state = "failed to load; see the server log" if self.load_error else "is loading"
             raise ServiceUnavailable(f"model '{self.model_name}' {state}")
         return self.embedder
 
@@ -191,11 +196,11 @@ class InferenceService:
         started = time.perf_counter_ns()
         ok = False
         try:
-            raw = decode_content(body, content_encoding, self.settings.max_request_bytes)
-            spec = build_spec(parse_infer_body(raw, header_length), self.settings.max_images_per_request)
+            spec = await self._parse(body, content_encoding, header_length, context.body)
             count = context.image_count = len(spec.images)
-            if spec.request_id:
-                context.request_id = spec.request_id
+            # A client's id is used only when safe for headers and logs; the answer's `id`
+            # says which one was used.
+            context.request_id = safe_request_id(spec.request_id) or context.request_id
             if self.admitted_images + count > self.settings.max_queue_images:
                 raise Overloaded(
                     f"server is at capacity ({self.admitted_images} images waiting, limit "
@@ -218,6 +223,29 @@ class InferenceService:
             return answer
         finally:
             self.stats.record_request(ok, time.perf_counter_ns() - started)
+
+    async def _parse(
+        self, body: bytes, encoding: str | None, header_length: str | None, reservation: Reservation | None
+    ) -> EmbedRequestSpec:
+        settings = self.settings
+        max_images = settings.max_images_per_request
+
+        def parse() -> tuple[EmbedRequestSpec, int]:
+            raw = decode_content(body, encoding, settings.max_request_bytes, settings.max_inflation_ratio)
+            parsed = parse_infer_body(raw, header_length, input_admission(max_images), max_json_values(max_images))
+            return build_spec(parsed, max_images), len(raw)
+
+        if not is_encoded(encoding) and len(body) <= PARSE_ON_LOOP_BYTES:
+            return parse()[0]
+        inflated_bound = 0
+        if reservation is not None and is_encoded(encoding):
+            # Reserve the most the body may inflate to before inflating it; keep what it did.
+            inflated_bound = inflated_size_limit(len(body), settings.max_request_bytes, settings.max_inflation_ratio)
+            reservation.grow(inflated_bound)
+        spec, inflated = await asyncio.to_thread(parse)
+        if inflated_bound:
+            reservation.shrink(inflated_bound - inflated)
+        return spec
 
     async def _infer(self, embedder: Embedder, spec: EmbedRequestSpec, request_id: str) -> InferAnswer:
         pooling = spec.pooling or self.default_pooling

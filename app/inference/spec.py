@@ -34,6 +34,32 @@ class EmbedRequestSpec:
     timeout_us: int | None
 
 
+def input_admission(max_images: int):
+    """The parser's check of each input from its declared shape, before any element is
+    decoded: a 4-million-element flag is refused before it becomes 4 million objects."""
+
+    def admit(name: str, count: int) -> None:
+        if name not in KNOWN_INPUTS:
+            raise BadRequest(f"unknown input '{name}'; this model takes {', '.join(KNOWN_INPUTS)}")
+        if name == IMAGE_INPUT:
+            _check_image_count(count, max_images)
+        elif count != 1:
+            raise BadRequest(f"input '{name}' must have exactly one element, its shape has {count}")
+
+    return admit
+
+
+def max_json_values(max_images: int) -> int:
+    """A bound on the values in a request's JSON header: each image element, a few dozen
+    for the request's own structure, and room for commas inside URLs."""
+    return 16 * max_images + 1024
+
+
+def _check_image_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise PayloadTooLarge(f"input 'image' has {count} images, over the limit of {max_images} per request")
+
+
 def build_spec(parsed: ParsedRequest, max_images: int) -> EmbedRequestSpec:
     tensors = parsed.tensors
     unknown = [name for name in tensors if name not in KNOWN_INPUTS]
@@ -46,10 +72,7 @@ def build_spec(parsed: ParsedRequest, max_images: int) -> EmbedRequestSpec:
         raise BadRequest(f"input 'image' must have datatype BYTES, got {image.datatype}")
     if not image.values:
         raise BadRequest("input 'image' has no elements")
-    if len(image.values) > max_images:
-        raise PayloadTooLarge(
-            f"input 'image' has {len(image.values)} images, over the limit of {max_images} per request"
-        )
+    _check_image_count(len(image.values), max_images)
     pooling_text = _scalar_text(tensors.get("pooling_strategy"))
     pooling = None
     if pooling_text is not None:

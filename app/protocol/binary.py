@@ -35,12 +35,15 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def decode_bytes_elements(raw: bytes, what: str) -> list[bytes]:
-    """Decode a BYTES tensor: repeated (uint32 little-endian length, bytes)."""
+def decode_bytes_elements(raw: bytes, what: str, max_elements: int | None = None) -> list[bytes]:
+    """Decode a BYTES tensor: repeated (uint32 little-endian length, bytes); past
+    `max_elements` it stops (the caller reports the wrong count, nothing more is copied)."""
     elements: list[bytes] = []
     offset = 0
     view = memoryview(raw)
     while offset < len(raw):
+        if max_elements is not None and len(elements) > max_elements:
+            break
         if offset + 4 > len(raw):
             raise BadRequest(f"{what}: truncated BYTES element length at offset {offset}")
         (size,) = _LENGTH.unpack_from(raw, offset)
@@ -55,11 +58,14 @@ def decode_bytes_elements(raw: bytes, what: str) -> list[bytes]:
     return elements
 
 
-def decode_tensor(datatype: str, raw: bytes, what: str) -> list:
-    """Binary tensor data -> flat list of Python values."""
+def decode_tensor(datatype: str, raw: bytes, what: str, max_elements: int | None = None) -> list:
+    """Binary tensor data -> flat list of Python values. With `max_elements`, a fixed-size
+    tensor of another count is refused before any value becomes a Python object, and a
+    BYTES tensor stops one element past it (the caller then reports the count)."""
     if datatype == "BYTES":
-        return decode_bytes_elements(raw, what)
+        return decode_bytes_elements(raw, what, max_elements)
     if datatype == "BOOL":
+        _check_count(len(raw), max_elements, what)
         return [b != 0 for b in raw]
     dtype = NUMPY_DTYPES.get(datatype)
     if dtype is None:
@@ -67,7 +73,13 @@ def decode_tensor(datatype: str, raw: bytes, what: str) -> list:
     itemsize = np.dtype(dtype).itemsize
     if len(raw) % itemsize:
         raise BadRequest(f"{what}: {len(raw)} bytes is not a whole number of {datatype} values")
+    _check_count(len(raw) // itemsize, max_elements, what)
     return np.frombuffer(raw, dtype=dtype).tolist()
+
+
+def _check_count(count: int, expected: int | None, what: str) -> None:
+    if expected is not None and count != expected:
+        raise BadRequest(f"{what}: its shape needs {expected} elements, the binary data holds {count}")
 
 
 def encode_bytes_elements(elements: list[bytes]) -> bytes:

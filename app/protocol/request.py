@@ -7,17 +7,22 @@ JSON, so the body is read raw and split by `Inference-Header-Content-Length`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 from pydantic import ValidationError
 
-from app.errors import BadRequest
+from app.errors import BadRequest, PayloadTooLarge
 from app.protocol.binary import decode_tensor, split_body
 from app.protocol.schema import DATATYPES, InferRequest, RequestInput
 
 # The input a raw-body request (Inference-Header-Content-Length: 0) carries.
 RAW_BODY_INPUT = "image"
+
+# Admission of one input from its name and declared element count, before its data is
+# decoded: raises for an input the caller does not take or a count it does not allow.
+AdmitInput = Callable[[str, int], None]
 
 
 @dataclass
@@ -34,7 +39,12 @@ class ParsedRequest:
     tensors: dict[str, Tensor]
 
 
-def parse_infer_body(body: bytes, header_length: str | None) -> ParsedRequest:
+def parse_infer_body(
+    body: bytes, header_length: str | None, admit: AdmitInput | None = None, max_json_values: int | None = None
+) -> ParsedRequest:
+    """`admit` sees each input's declared size before its data is decoded; `max_json_values`
+    bounds the values in the JSON header before it is parsed (a body of small numbers
+    takes eight to thirty times its size once parsed)."""
     if header_length is not None and header_length.strip() == "0":
         # Raw binary request: no JSON header, the body is the single image itself.
         if not body:
@@ -43,6 +53,8 @@ def parse_infer_body(body: bytes, header_length: str | None) -> ParsedRequest:
         return ParsedRequest(request, {RAW_BODY_INPUT: Tensor(RAW_BODY_INPUT, "BYTES", [1], [body])})
 
     header, binary = split_body(body, header_length)
+    if max_json_values is not None:
+        _check_value_count(header, max_json_values)
     request = _validate_header(header)
     tensors: dict[str, Tensor] = {}
     offset = 0
@@ -50,6 +62,9 @@ def parse_infer_body(body: bytes, header_length: str | None) -> ParsedRequest:
         if item.name in tensors:
             raise BadRequest(f"input '{item.name}' appears more than once")
         _check_shape_and_type(item)
+        expected = math.prod(item.shape)
+        if admit is not None:
+            admit(item.name, expected)
         size = (item.parameters or {}).get("binary_data_size")
         if size is not None:
             if item.data is not None:
@@ -61,14 +76,15 @@ def parse_infer_body(body: bytes, header_length: str | None) -> ParsedRequest:
                     f"input '{item.name}': binary_data_size {size} runs past the "
                     f"{len(binary) - offset} binary bytes left in the body"
                 )
-            values = decode_tensor(item.datatype, binary[offset : offset + size], f"input '{item.name}'")
+            values = decode_tensor(
+                item.datatype, binary[offset : offset + size], f"input '{item.name}'", max_elements=expected
+            )
             offset += size
         else:
             if item.data is None:
                 raise BadRequest(f"input '{item.name}' has no data")
-            values = _flatten(item.data)
+            values = _flatten(item.data, stop_after=expected + 1)
             _check_json_values(item.name, item.datatype, values)
-        expected = math.prod(item.shape)
         if len(values) != expected:
             raise BadRequest(
                 f"input '{item.name}': shape {item.shape} needs {expected} elements, got {len(values)}"
@@ -110,7 +126,18 @@ def _check_shape_and_type(item: RequestInput) -> None:
         raise BadRequest(f"input '{item.name}': shape {item.shape} has a negative dimension")
 
 
-def _flatten(data: object) -> list:
+def _check_value_count(header: bytes, limit: int) -> None:
+    # Every JSON value but the first follows a comma (a comma inside a string only makes
+    # the count larger): one C-speed count bounds what parsing the header can allocate.
+    commas = header.count(b",")
+    if commas > limit:
+        raise PayloadTooLarge(
+            f"request JSON holds more than {limit} values ({commas} commas); send fewer elements"
+        )
+
+
+def _flatten(data: object, stop_after: int | None = None) -> list:
+    """Row-major elements, at most `stop_after` of them (enough to tell a wrong count)."""
     if not isinstance(data, list):
         return [data]
     flat: list = []
@@ -121,6 +148,8 @@ def _flatten(data: object) -> list:
                 stack.append(iter(element))
                 break
             flat.append(element)
+            if stop_after is not None and len(flat) >= stop_after:
+                return flat
         else:
             stack.pop()
     return flat

@@ -71,8 +71,11 @@ def test_a_model_that_fails_to_load_is_never_ready(tmp_path):
         assert service.broken
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 503
-        response = httpx.post(server.infer_url(), json={"inputs": []})
-        assert response.status_code == 503 and "failed to load" in response.json()["error"]
+        for response in (httpx.post(server.infer_url(), json={"inputs": []}), httpx.get(server.infer_url()[:-6])):
+            message = response.json()["error"]
+            assert response.status_code == 503
+            assert message == f"model '{server.model}' failed to load; see the server log"
+        assert "no-such-family" in service.load_error  # the details stay in the server's log
 
 
 def test_docs_page_shows_the_original_payloads(dinov2_server):

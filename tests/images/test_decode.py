@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import struct
+import time
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from app.errors import ImageError
-from app.images.decode import decode_image
+from app.images.decode import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_FORMATS,
+    decode_image,
+    finish_decoding,
+    open_image,
+    set_pillow_pixel_limit,
+)
 from tests.support import encode
 
 LIMIT = 10_000_000
@@ -65,3 +77,71 @@ def test_pixel_limit_is_checked_from_the_header():
 def test_bad_images_are_refused(data, words):
     with pytest.raises(ImageError, match=words):
         decode_image(data, LIMIT)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def _ico_holding(png: bytes) -> bytes:
+    """An ICO file whose one entry is a PNG (the header says 256x256, whatever it holds)."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def test_only_the_supported_formats_are_opened():
+    # ICO decodes its embedded PNG while opening: a 12000x12000 one is 550 MiB of pixels.
+    huge_png = encode(Image.new("1", (12000, 12000)), "PNG")
+    started = time.perf_counter()
+    for data in (_ico_holding(huge_png), encode(Image.new("RGB", (64, 64)), "ICNS"),
+                 encode(Image.new("RGB", (64, 64)), "PCX"), encode(Image.new("RGB", (64, 64)), "TGA")):  # fmt: skip
+        with pytest.raises(ImageError, match="not a recognised image format"):
+            decode_image(data, LIMIT)
+    assert time.perf_counter() - started < 2  # refused from the signature, nothing decoded
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+def test_every_supported_format_decodes(fmt):
+    image = Image.linear_gradient("L").resize((40, 30)).convert("RGB")
+    assert decode_image(encode(image, fmt), LIMIT).size == (40, 30)
+
+
+def test_pillows_own_bomb_guard_is_an_error_not_a_warning():
+    set_pillow_pixel_limit(1_000_000)
+    try:
+        with warnings.catch_warnings():  # whatever the warning filters say
+            warnings.simplefilter("ignore")
+            with pytest.raises(ImageError, match="over the 10000000-pixel limit: Image size .1200000"):
+                decode_image(encode(Image.new("L", (1200, 1000)), "PNG"), 10_000_000)
+            assert decode_image(encode(Image.new("L", (1000, 1000)), "PNG"), 10_000_000).size == (1000, 1000)
+    finally:
+        set_pillow_pixel_limit(DEFAULT_MAX_PIXELS)
+
+
+@pytest.mark.parametrize("name", ["typeerror.tif", "overflowerror.tif"])
+def test_malformed_tiffs_found_by_fuzzing_are_image_errors(name):
+    # Pillow raised TypeError and OverflowError from load() on these: a 500 before.
+    with pytest.raises(ImageError, match="malformed"):
+        decode_image((DATA / name).read_bytes(), LIMIT)
+
+
+def test_size_is_checked_again_after_decoding():
+    image = open_image(encode(Image.new("RGB", (8, 8)), "PNG"), LIMIT)
+    decode = image.load
+
+    def lying_load():  # a plugin whose header understated the size, as ICNS's can
+        decode()
+        image._size = (64, 64)
+
+    image.load = lying_load
+    with pytest.raises(ImageError, match="64x64, over the 100-pixel limit"):
+        finish_decoding(image, 100)
+
+
+def test_alpha_flattening_matches_compositing_onto_white():
+    rng = np.random.default_rng(0)
+    for mode, bands in (("RGBA", 4), ("LA", 2)):
+        image = Image.fromarray(rng.integers(0, 256, (30, 40, bands), dtype=np.uint8), mode)
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        expected = Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+        assert np.array_equal(np.asarray(decode_image(encode(image, "PNG"), LIMIT)), np.asarray(expected))

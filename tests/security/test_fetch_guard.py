@@ -4,16 +4,20 @@ connection attempt, and a misbehaving server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import ipaddress
+import ssl
 import time
+from contextlib import contextmanager
 
 import pytest
+import trustme
 
 from app.errors import ImageError
 from app.images.fetch import ImageFetcher
 from app.images.url_policy import PolicyRefusal, UrlPolicy
 from tests.hostile_server import hostile_server
-from tests.support import encode, photo
+from tests.support import LOOPBACK, encode, photo, serve_in_thread
 
 IMAGE = encode(photo("chelsea"))
 # Refused classes, reached through a hostname the test's resolver maps there.
@@ -152,4 +156,73 @@ def test_misbehaving_servers(path, words, tripwire):
 def test_urls_switched_off(tripwire):
     with pytest.raises(PolicyRefusal, match="disabled"):
         fetch("http://127.0.0.1:9/image.jpg", UrlPolicy(allow_urls=False))
+    assert tripwire.attempts == []
+
+
+@contextmanager
+def https_server(cert_for: str):
+    """An HTTPS server on 127.0.0.1 with a certificate for `cert_for` from a test CA."""
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(cert_for).configure_cert(server_context)
+
+    class KeepAlive(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # the client may pool the connection
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(IMAGE)))
+            self.end_headers()
+            self.wfile.write(IMAGE)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), KeepAlive)
+    httpd.socket = server_context.wrap_socket(httpd.socket, server_side=True)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with serve_in_thread(httpd):
+        yield httpd.server_address[1], client_context
+
+
+def test_a_tls_connection_verified_for_one_name_is_never_reused_for_another(tripwire):
+    """Both names resolve to the same address; the certificate is only for the first. A
+    pool keyed by address would reuse the first name's verified connection for the second."""
+    resolver = resolver_for({"images-a.test": ["127.0.0.1"], "images-b.test": ["127.0.0.1"]})
+    policy = UrlPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    with https_server("images-a.test") as (port, client_context):
+
+        async def go():
+            fetcher = ImageFetcher(5.0, 10**6, policy, resolver=resolver, verify=client_context)
+            try:
+                assert await fetcher.fetch(f"https://images-a.test:{port}/image.jpg") == IMAGE
+                assert await fetcher.fetch(f"https://images-a.test:{port}/again.jpg") == IMAGE
+                with pytest.raises(ImageError, match="failed: ConnectError"):
+                    await fetcher.fetch(f"https://images-b.test:{port}/image.jpg")
+            finally:
+                await fetcher.aclose()
+
+        asyncio.run(go())
+    assert set(tripwire.attempts) == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize(
+    "host", ["a" * 64 + ".invalid", "a..invalid", ".invalid", "xn--a.invalid", "bad\u0000name.invalid"]
+)
+def test_hosts_the_idna_codec_rejects_are_refused_without_a_lookup(host, tripwire):
+    """The system resolver itself: these names fail IDNA encoding, so no DNS query leaves."""
+    policy = UrlPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    with pytest.raises(PolicyRefusal, match="refused by policy"):
+        fetch(f"http://{host}/image.jpg", policy)
+    assert tripwire.attempts == []
+
+
+def test_a_resolver_error_of_any_type_is_a_refusal(tripwire):
+    async def broken(host, port):
+        raise RuntimeError("the resolver fell over")
+
+    with pytest.raises(PolicyRefusal, match="does not resolve to an address this server may fetch"):
+        fetch("http://images.test/image.jpg", resolver=broken)
     assert tripwire.attempts == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support import (
+    LOOPBACK,
     app_process,
     data_uri,
     encode,
@@ -116,3 +119,54 @@ def test_sigterm_drains_then_exits(tiny_models, tmp_path):
             assert result["r"].status_code == 200  # the in-flight request finished
         # uvicorn re-raises the captured SIGTERM after its graceful shutdown.
         assert process.wait(30) in (0, -signal.SIGTERM)
+
+
+def test_body_bytes_in_flight_are_bounded(tiny_models, tmp_path):
+    """A body that is still arriving holds its declared size; past the bound, the next
+    request is refused at once (503 + Retry-After) before a byte of it is read."""
+    settings = server_settings(
+        tiny_models["dinov2"], tmp_path, max_request_bytes=1024 * 1024, max_request_bytes_in_flight=1536 * 1024
+    )
+    padded = json.dumps(image_request([data_uri(GOOD)])).encode().ljust(600 * 1024)
+    with run_server(settings) as server:
+        path = f"/v2/models/{server.model}/infer"
+        with socket.create_connection((LOOPBACK, settings.port)) as slow_client:
+            slow_client.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {1024 * 1024}\r\n\r\n".encode() + b"{" * 1000
+            )
+            time.sleep(0.5)  # the server has read the headers and holds 1 MiB for this body
+            refused = httpx.post(server.infer_url(), content=padded, timeout=30)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "MAX_REQUEST_BYTES_IN_FLIGHT" in refused.json()["error"]
+            assert _post(server, image_request([data_uri(GOOD)])).status_code == 200  # small ones fit
+        time.sleep(0.5)  # the slow client went away: its bytes are given back
+        assert httpx.post(server.infer_url(), content=padded, timeout=30).status_code == 200
+        assert server.app.state.service.body_bytes.used == 0
+
+
+def test_waiting_past_the_deadline_for_the_decoding_budget_is_a_503(tiny_models, tmp_path):
+    settings = server_settings(
+        tiny_models["dinov2"], tmp_path, max_decoding_pixels=64 * 64, fetch_total_timeout_s=0.6
+    )
+    with run_server(settings) as server:
+        preparer = server.app.state.service.preparer
+        finish = preparer._finish
+
+        def slow_finish(image, preprocessor):  # failure injection: a decode that takes 1.5 s
+            time.sleep(1.5)
+            return finish(image, preprocessor)
+
+        preparer._finish = slow_finish
+        with ThreadPoolExecutor(1) as pool:
+            holding = pool.submit(_post, server, image_request([data_uri(GOOD)]))
+            time.sleep(0.2)  # its 64x64 pixels fill the budget
+            waiting = _post(server, image_request([data_uri(GOOD)]))
+            assert waiting.status_code == 503 and waiting.headers["retry-after"] == "1"
+            assert "MAX_DECODING_PIXELS" in waiting.json()["error"]
+            slow = holding.result()
+            assert slow.status_code == 400 and "took longer than 0.6 s" in slow.json()["error"]
+        preparer._finish = finish
+        time.sleep(1.5)  # the slow decode ends and gives its pixels back
+        assert preparer.pixel_budget.available == 64 * 64
+        assert _post(server, image_request([data_uri(GOOD)])).status_code == 200

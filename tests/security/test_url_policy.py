@@ -39,12 +39,54 @@ def test_private_switch_and_allow_list():
     loopback = ipaddress.ip_address("127.0.0.1")
     UrlPolicy(allow_private=True).check_address("localhost", loopback)
     listed = UrlPolicy(
-        allowed_hosts=frozenset({"images.internal"}), allowed_networks=(ipaddress.ip_network("10.1.0.0/16"),)
+        allowed_hosts=frozenset({"images.internal", "10.9.9.9"}),
+        allowed_networks=(ipaddress.ip_network("10.1.0.0/16"),),
     )
-    listed.check_address("images.internal", ipaddress.ip_address("10.9.9.9"))
-    listed.check_address("anything", ipaddress.ip_address("10.1.2.3"))
+    listed.check_address("images.internal", ipaddress.ip_address("8.8.4.4"))  # a public address
+    listed.check_address("anything", ipaddress.ip_address("10.1.2.3"))  # a CIDR entry covers it
+    listed.check_address("10.9.9.9", ipaddress.ip_address("10.9.9.9"))  # a listed address literal
     with pytest.raises(PolicyRefusal, match="allow-list"):
         listed.check_address("example.com", ipaddress.ip_address("8.8.8.8"))
+
+
+def test_an_allow_listed_name_still_needs_a_public_address():
+    """Whoever controls a listed name's DNS must not be able to point it inside the cluster."""
+    policy = UrlPolicy(allowed_hosts=frozenset({"localhost", "images.internal"}))
+    for host, address in [("localhost", "127.0.0.1"), ("images.internal", "10.9.9.9"), ("images.internal", "::1")]:
+        with pytest.raises(PolicyRefusal, match="refused by policy"):
+            policy.check_address(host, ipaddress.ip_address(address))
+    # ALLOW_PRIVATE_URLS or a CIDR entry lets it through.
+    UrlPolicy(allow_private=True, allowed_hosts=frozenset({"localhost"})).check_address(
+        "localhost", ipaddress.ip_address("127.0.0.1")
+    )
+    UrlPolicy(
+        allowed_hosts=frozenset({"localhost"}), allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),)
+    ).check_address("localhost", ipaddress.ip_address("127.0.0.1"))
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254", "100.100.100.200"])
+def test_metadata_endpoints_need_an_entry_that_names_them(address):
+    ip = ipaddress.ip_address(address)
+    for policy in (
+        UrlPolicy(allow_private=True),
+        UrlPolicy(allow_private=True, allowed_hosts=frozenset({"metadata.internal"})),
+        UrlPolicy(allow_private=True, allowed_networks=(ipaddress.ip_network("10.0.0.0/8"),)),
+    ):
+        with pytest.raises(PolicyRefusal, match="refused by policy"):
+            policy.check_address("metadata.internal", ip)
+    network = ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")
+    UrlPolicy(allowed_networks=(network,)).check_address("metadata.internal", ip)
+
+
+def test_a_refusal_does_not_tell_whether_the_name_resolved():
+    policy = UrlPolicy()
+    with pytest.raises(PolicyRefusal) as private:
+        policy.check_address("db.example", ipaddress.ip_address("10.0.0.5"))
+    assert str(policy.refusal("db.example")) == str(private.value)
+    restricted = UrlPolicy(allowed_networks=(ipaddress.ip_network("10.1.0.0/16"),))
+    with pytest.raises(PolicyRefusal) as outside:
+        restricted.check_address("db.example", ipaddress.ip_address("10.2.0.5"))
+    assert str(restricted.refusal("db.example")) == str(outside.value)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,107 @@
+"""Bounds on the memory that requests hold at once, so that no burst of requests can take a
+pod's memory: request body bytes (refused past the bound: 503 + Retry-After, the client
+retries) and decoded pixels (waited for: decoding is short, and a refusal would waste the
+download and the base64 decoding already done)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+
+from app.errors import Overloaded
+
+
+class ByteBudget:
+    """Body bytes held by requests in flight. Used from the event loop only."""
+
+    def __init__(self, capacity: int, what: str, setting: str):
+        self.capacity = capacity
+        self.used = 0
+        self.what = what
+        self.setting = setting
+
+    def reserve(self, count: int) -> int:
+        if self.used + count > self.capacity:
+            raise Overloaded(
+                f"server is holding {self.used} bytes of {self.what}, at its limit of {self.capacity} "
+                f"({self.setting}); retry shortly"
+            )
+        self.used += count
+        return count
+
+    def release(self, count: int) -> None:
+        self.used -= count
+
+
+class Reservation:
+    """What one request holds of a ByteBudget; released once, whatever happens."""
+
+    def __init__(self, budget: ByteBudget):
+        self.budget = budget
+        self.held = 0
+
+    def grow(self, count: int) -> None:
+        self.held += self.budget.reserve(count)
+
+    def shrink(self, count: int) -> None:
+        count = min(count, self.held)
+        self.budget.release(count)
+        self.held -= count
+
+    def release(self) -> None:
+        self.budget.release(self.held)
+        self.held = 0
+
+
+class WeightedSemaphore:
+    """An asyncio semaphore whose holders take different weights, served first come, first
+    served (a large image is not starved by a stream of small ones). A weight over the
+    capacity is clamped to it: such an image decodes alone."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.available = capacity
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, weight: int) -> int:
+        weight = max(0, min(weight, self.capacity))
+        if not self._waiters and weight <= self.available:
+            self.available -= weight
+            return weight
+        future = asyncio.get_running_loop().create_future()
+        entry = (weight, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(weight)  # granted just as the waiter was cancelled
+            else:
+                self._waiters.remove(entry)
+                self._wake()  # the head may have left: those behind it may fit now
+            raise
+        return weight
+
+    def release(self, weight: int) -> None:
+        self.available += weight
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.available:
+            weight, future = self._waiters.popleft()
+            if not future.done():
+                self.available -= weight
+                future.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, weight: int):
+        taken = await self.acquire(weight)
+        try:
+            yield
+        finally:
+            self.release(taken)

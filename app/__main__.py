@@ -92,7 +92,7 @@ def serve_with_model_on_main_thread(settings: Settings, uvicorn_options: dict) -
     host = MainThreadHost()
     app = create_app(settings, model_host=host)
     server = DrainingServer(
-        uvicorn.Config(app, **uvicorn_options), app.state.service, settings.shutdown_drain_s
+        uvicorn.Config(app, **uvicorn_options), app.state.models, settings.shutdown_drain_s
     )
     serving = threading.Event()
     serving.set()

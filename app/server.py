@@ -18,8 +18,11 @@ from app.api.middleware import ObservabilityMiddleware
 from app.images.decode import set_pillow_pixel_limit
 from app.images.fetch import ImageFetcher, Resolver, system_resolver
 from app.images.url_policy import UrlPolicy
+from app.inference.budgets import ByteBudget
 from app.inference.model_thread import ModelHost
-from app.inference.service import InferenceService
+from app.inference.preparation import ImagePreparer
+from app.inference.registry import ModelRegistry
+from app.inference.served_model import ServedModel
 from app.logs import configure_logging
 from app.metrics import ServiceMetrics
 from app.protocol.schema import InferRequest
@@ -42,18 +45,22 @@ def create_app(
         max_concurrent=settings.max_concurrent_fetches,
     )
     metrics = ServiceMetrics()
-    service = InferenceService(settings, fetcher, metrics, model_host)
+    # One decoding pool and pixel budget for every model: the memory bound is the process's.
+    preparer = ImagePreparer(settings, fetcher)
+    registry = ModelRegistry([ServedModel(settings, preparer, metrics, model_host)])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("starting: serving model '%s' on %s:%d", service.model_name, settings.host, settings.port)
-        loading = asyncio.create_task(service.load())
+        names = ", ".join(f"'{model.name}'" for model in registry)
+        log.info("starting: serving model %s on %s:%d", names, settings.host, settings.port)
+        loading = asyncio.create_task(registry.load_all())
         try:
             yield
         finally:
             log.info("shutting down")
             loading.cancel()
-            await service.close()
+            await registry.close()
+            preparer.close()
             await fetcher.aclose()
 
     app = FastAPI(
@@ -63,7 +70,10 @@ def create_app(
         "Protocol V2 (KServe / Triton REST).",
         lifespan=lifespan,
     )
-    app.state.service = service
+    app.state.models = registry
+    app.state.body_budget = ByteBudget(
+        settings.max_request_bytes_in_flight, "request bodies", "MAX_REQUEST_BYTES_IN_FLIGHT"
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)

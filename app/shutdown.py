@@ -10,18 +10,18 @@ import uvicorn
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service, drain_s: float):
+    def __init__(self, config: uvicorn.Config, models, drain_s: float):
         super().__init__(config)
-        self.service = service
+        self.models = models  # the ModelRegistry: draining, start_draining()
         self.drain_s = drain_s
 
     def handle_exit(self, sig, frame) -> None:
-        if self.service.draining or self.drain_s <= 0:
+        if self.models.draining or self.drain_s <= 0:
             # A second signal, or no drain period: uvicorn's own (graceful, then forced) exit.
-            self.service.start_draining()
+            self.models.start_draining()
             super().handle_exit(sig, frame)
             return
-        self.service.start_draining()
+        self.models.start_draining()
         timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
         timer.daemon = True
         timer.start()

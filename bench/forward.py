@@ -37,13 +37,13 @@ def eager_fp32(folder, batches: tuple[int, ...], seconds: float) -> dict[int, fl
 
 
 def configured(embedder, batches: tuple[int, ...], seconds: float) -> dict[int, float]:
-    from app.embedding.embedder import PoolRequest
+    from app.embedding.backend import PoolRequest
 
     strategy = embedder.default_pooling
     pixels = {b: torch.randn(b, *embedder.input_shape) for b in batches}
 
     def step_for(b):
-        return lambda: embedder.embed_pixels(pixels[b], [PoolRequest(b, strategy, False)])
+        return lambda: embedder.embed_batch(pixels[b], [PoolRequest(b, strategy, False)])
 
     return {b: _images_per_second(step_for(b), b, seconds) for b in batches}
 
@@ -85,15 +85,15 @@ def _worker_rates(settings_fields: dict, barrier, batches: tuple[int, ...], seco
 
 
 def batch_one_latency_ms(embedder, repeats: int = 20) -> float:
-    from app.embedding.embedder import PoolRequest
+    from app.embedding.backend import PoolRequest
 
     pixels = torch.randn(1, *embedder.input_shape)
     request = [PoolRequest(1, embedder.default_pooling, False)]
-    embedder.embed_pixels(pixels, request)
+    embedder.embed_batch(pixels, request)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        embedder.embed_pixels(pixels, request)
+        embedder.embed_batch(pixels, request)
         times.append(time.perf_counter() - started)
     times.sort()
     return 1000 * times[len(times) // 2]

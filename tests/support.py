@@ -38,6 +38,11 @@ class RunningServer:
         self.host_port = f"{LOOPBACK}:{settings.port}"
         self.model = settings.served_model_name
 
+    @property
+    def served(self):
+        """The ServedModel behind the server's model name."""
+        return self.app.state.models.get(self.model)
+
     def infer_url(self, model: str | None = None) -> str:
         return f"{self.url}/v2/models/{model or self.model}/infer"
 
@@ -65,8 +70,9 @@ def run_server(settings: Settings, wait_ready: bool = True, timeout_s: float = 1
             status = httpx.get(f"{running.url}/v2/health/ready").status_code
             if status == 200:
                 break
-            if app.state.service.broken:
-                raise RuntimeError(f"model failed to load: {app.state.service.load_error}")
+            if app.state.models.broken:
+                errors = [model.load_error for model in app.state.models if model.load_error]
+                raise RuntimeError(f"model failed to load: {errors}")
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become ready")
             time.sleep(0.05)

@@ -1,11 +1,16 @@
-"""Access to the one InferenceService the app holds."""
+"""What the routes take from the app: the model registry and the body-bytes budget."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from app.inference.service import InferenceService
+from app.inference.budgets import ByteBudget
+from app.inference.registry import ModelRegistry
 
 
-def get_service(request: Request) -> InferenceService:
-    return request.app.state.service
+def get_models(request: Request) -> ModelRegistry:
+    return request.app.state.models
+
+
+def get_body_budget(request: Request) -> ByteBudget:
+    return request.app.state.body_budget

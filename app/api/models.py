@@ -1,19 +1,21 @@
-"""Model routes: metadata, readiness, infer and statistics, plain and versioned."""
+"""Model routes: metadata, readiness, infer and statistics, plain and versioned. Each is a
+thin adapter: the V2 codec decodes, the registry finds the model, the codec encodes."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.requests import ClientDisconnect
 
-from app.api.dependencies import get_service
+from app.api.body import decode_body, read_body
+from app.api.dependencies import get_body_budget, get_models
 from app.api.examples import INFER_EXAMPLES
 from app.api.responses import JSONBytesResponse
-from app.errors import BadRequest, PayloadTooLarge
-from app.inference.budgets import Reservation
-from app.inference.service import MODEL_VERSION, InferenceService, RequestContext
-from app.inference.spec import KNOWN_INPUTS
+from app.inference.budgets import ByteBudget, Reservation
+from app.inference.registry import ModelRegistry
+from app.protocol.codec import RequestLimits, encode_response
+from app.protocol.codec import model_metadata as v2_model_metadata
 from app.protocol.schema import ErrorResponse, InferResponse, ModelMetadata, ModelReadyResponse
+from app.request_ids import safe_request_id
 
 router = APIRouter(tags=["models"])
 
@@ -50,106 +52,59 @@ def _route(method: str, suffix: str, **kwargs):
 
 # Before /v2/models/{model_name}, which would otherwise take "stats" for a model name.
 @router.get("/v2/models/stats", responses=ERRORS)
-async def all_model_stats(service: InferenceService = Depends(get_service)):
-    return JSONBytesResponse({"model_stats": [service.stats.as_dict()]})
+async def all_model_stats(models: ModelRegistry = Depends(get_models)):
+    return JSONBytesResponse({"model_stats": [model.stats.as_dict() for model in models]})
 
 
 @_route("GET", "", response_model=ModelMetadata, response_model_exclude_none=True, responses=ERRORS)
 async def model_metadata(model_name: str, model_version: str | None = None,
-                         service: InferenceService = Depends(get_service)):  # fmt: skip
-    service.check_model(model_name, model_version)
-    embedder = service.require_loaded()
-    dim = embedder.embedding_dim
-    flag = {"datatype": "BYTES", "shape": [1]}
-    return ModelMetadata(
-        name=service.model_name,
-        versions=[MODEL_VERSION],
-        platform="pytorch_transformers",
-        inputs=[
-            {"name": KNOWN_INPUTS[0], "datatype": "BYTES", "shape": [-1]},
-            *({"name": name, **flag} for name in KNOWN_INPUTS[1:]),
-        ],
-        outputs=[
-            {"name": "output", "datatype": "BYTES", "shape": [1]},
-            {"name": "raw_embeddings", "datatype": "FP32", "shape": [-1, dim]},
-        ],
-        parameters={
-            "model_id": embedder.model_id,
-            "model_type": embedder.model_type,
-            "family": embedder.adapter.name,
-            "embedding_dim": dim,
-            "pooling_strategies": [p.value for p in embedder.supported_poolings],
-            "default_pooling_strategy": service.default_pooling.value,
-            "normalize_embeddings": service.settings.normalize_embeddings,
-            "device": str(embedder.device),
-            "dtype": str(embedder.dtype).removeprefix("torch."),
-            "max_images_per_request": service.settings.max_images_per_request,
-        },
-    )
+                         models: ModelRegistry = Depends(get_models)):  # fmt: skip
+    return ModelMetadata(**v2_model_metadata(models.get(model_name, model_version).describe()))
 
 
 @_route("GET", "/ready", response_model=ModelReadyResponse, responses=ERRORS)
 async def model_ready(model_name: str, model_version: str | None = None,
-                      service: InferenceService = Depends(get_service)):  # fmt: skip
-    service.check_model(model_name, model_version)
-    return JSONBytesResponse(
-        {"name": service.model_name, "ready": service.ready}, status_code=200 if service.ready else 503
-    )
+                      models: ModelRegistry = Depends(get_models)):  # fmt: skip
+    model = models.get(model_name, model_version)
+    return JSONBytesResponse({"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503)
 
 
 @_route("POST", "/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_OPENAPI)
 async def infer(request: Request, model_name: str, model_version: str | None = None,
-                service: InferenceService = Depends(get_service)):  # fmt: skip
-    service.check_model(model_name, model_version)
-    service.require_ready()
-    context = RequestContext(request.state.request_id, body=Reservation(service.body_bytes))
+                models: ModelRegistry = Depends(get_models),
+                body_budget: ByteBudget = Depends(get_body_budget)):  # fmt: skip
+    model = models.get(model_name, model_version)
+    model.require_ready()
+    limits = RequestLimits.from_settings(model.settings)
+    reservation = Reservation(body_budget)
     try:
-        body = await read_body(request, service.settings.max_request_bytes, context.body)
-        answer = await service.infer(
-            body,
-            request.headers.get("content-encoding"),
-            request.headers.get("inference-header-content-length"),
-            context,
-        )
-    finally:  # for the access log and the X-Request-ID header, errors included
-        context.body.release()
-        request.state.request_id = context.request_id
-        request.state.image_count = context.image_count
-    if answer.header_length is None:
-        return Response(answer.body, media_type="application/json")
+        body = await read_body(request, limits.max_request_bytes, reservation)
+        with model.counting_request():
+            headers = request.headers
+            spec = await decode_body(
+                body, headers.get("content-encoding"), headers.get("inference-header-content-length"),
+                limits, reservation,
+            )  # fmt: skip
+            request.state.image_count = len(spec.images)  # for the access log
+            # A client's id only when it is safe for headers and logs; the answer says which.
+            request.state.request_id = safe_request_id(spec.request_id) or request.state.request_id
+            deadline_s = spec.timeout_us / 1e6 if spec.timeout_us else None
+            embeddings = await model.embed(spec.images, spec.pooling, spec.normalize, deadline_s)
+            answer, header_length = encode_response(
+                request.state.request_id, model.name, model.model_id, embeddings, spec.outputs
+            )
+    finally:
+        reservation.release()
+    if header_length is None:
+        return Response(answer, media_type="application/json")
     return Response(
-        answer.body,
+        answer,
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(answer.header_length)},
+        headers={"Inference-Header-Content-Length": str(header_length)},
     )
 
 
 @_route("GET", "/stats", responses=ERRORS)
 async def model_stats(model_name: str, model_version: str | None = None,
-                      service: InferenceService = Depends(get_service)):  # fmt: skip
-    service.check_model(model_name, model_version)
-    return JSONBytesResponse({"model_stats": [service.stats.as_dict()]})
-
-
-async def read_body(request: Request, max_bytes: int, reservation: Reservation) -> bytes:
-    """The raw body, refused with 413 as soon as it is known to pass max_bytes, and with
-    503 when the server already holds its limit of body bytes (before reading a byte of a
-    body that declares its length)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit():
-        if int(declared) > max_bytes:
-            raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
-        reservation.grow(int(declared))
-    chunks = []
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes:
-                raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
-            if received > reservation.held:  # chunked, or more than declared
-                reservation.grow(received - reservation.held)
-            chunks.append(chunk)
-    except ClientDisconnect:  # nobody to answer; a 400 in the access log, not a traceback
-        raise BadRequest(f"client disconnected after {received} bytes of the body") from None
-    return b"".join(chunks)
+                      models: ModelRegistry = Depends(get_models)):  # fmt: skip
+    return JSONBytesResponse({"model_stats": [models.get(model_name, model_version).stats.as_dict()]})

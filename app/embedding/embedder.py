@@ -1,16 +1,17 @@
-"""The embedder: one forward pass over a batch of preprocessed images, then pooling and
-normalisation per request. Synchronous and thread-confined: the batcher's thread runs it."""
+"""The torch runtime backend (app/embedding/backend.py): one forward pass over a batch of
+preprocessed images, then pooling and normalisation per request. Synchronous and
+thread-confined: the batcher's thread runs it."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from app.embedding.backend import ExecutionTiming, PoolRequest
 from app.embedding.device import resolve_device, resolve_dtype
 from app.embedding.execution import ExecutionOptions, configure_threads, prepare_model
 from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES, FamilyAdapter, generic_adapter
@@ -23,23 +24,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PoolRequest:
-    """One request's share of a batch: its image count and how it wants them pooled."""
-
-    count: int
-    strategy: PoolingStrategy
-    normalize: bool
-
-
-@dataclass
-class ExecutionTiming:
-    """One forward pass: its batch size and how long each phase took."""
-
-    batch_size: int
-    compute_input_ns: int  # stacking and padding the batch (preprocessing: see the batcher)
-    compute_infer_ns: int  # the model's forward
-    compute_output_ns: int  # pooling, normalisation, copy back
+PLATFORM = "pytorch_transformers"
 
 
 class Embedder:
@@ -54,7 +39,7 @@ class Embedder:
         self.model = loaded.model
         self.forward_model = prepare_model(loaded.model, options)
         # One eager forward tells the input and embedding sizes and, for unknown families, the rule.
-        probe = self.preprocessor(Image.new("RGB", (64, 64), (128, 128, 128)))
+        probe = torch.from_numpy(self.preprocessor(Image.new("RGB", (64, 64), (128, 128, 128))))
         self.input_shape = tuple(probe.shape)
         outputs = self._forward(probe.unsqueeze(0), self.model)
         self.adapter: FamilyAdapter = loaded.adapter or generic_adapter(outputs.last_hidden_state)
@@ -104,6 +89,17 @@ class Embedder:
             self._forward(torch.zeros((size, *self.input_shape)), self.forward_model)
             log.debug("warm-up forward at batch %d took %.2f s", size, time.perf_counter() - started)
 
+    def describe(self) -> dict[str, str]:
+        return {
+            "platform": PLATFORM,
+            "family": self.adapter.name,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return is_out_of_memory(exc)
+
     @property
     def supported_poolings(self) -> tuple[PoolingStrategy, ...]:
         return self.adapter.supported
@@ -127,12 +123,14 @@ class Embedder:
         with torch.inference_mode():
             return model(pixel_values=pixels)
 
-    def embed_pixels(
-        self, pixels: torch.Tensor, requests: list[PoolRequest]
+    def embed_batch(
+        self, pixels: np.ndarray | torch.Tensor, requests: list[PoolRequest]
     ) -> tuple[list[np.ndarray], ExecutionTiming]:
         """One forward pass over `pixels` (the requests' images, stacked in order); each
         request gets its own rows pooled and normalised its own way."""
         t0 = time.perf_counter_ns()
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(pixels)  # no copy
         batch = pixels.shape[0]
         if self.options.compile:
             padded = self.options.bucket_for(batch)
@@ -164,8 +162,12 @@ class Embedder:
         pieces, timings = [], []
         for start in range(0, len(images), self.max_batch_size):
             chunk = images[start : start + self.max_batch_size]
-            pixels = torch.stack([self.preprocessor(image) for image in chunk])
-            [rows], timing = self.embed_pixels(pixels, [PoolRequest(len(chunk), strategy, normalize)])
+            pixels = np.stack([self.preprocessor(image) for image in chunk])
+            [rows], timing = self.embed_batch(pixels, [PoolRequest(len(chunk), strategy, normalize)])
             pieces.append(rows)
             timings.append(timing)
         return np.concatenate(pieces, axis=0), timings
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()

@@ -8,13 +8,12 @@ multiply-add in numpy (a 640x480 JPEG data URI, base64 to tensor: 4.2 ms, was 8.
 the processor's embeddings to cosine 0.99999 at a fraction of its cost. No torch op runs
 here: torch's OpenMP teams in several decoding threads would fight the forward pass's
 threads for the cores (measured: half the throughput). Any other processor is called as
-it is.
+it is. Both give numpy [3, H, W] float32: the runtime backends' common input.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 # Processors whose whole pipeline is resize -> [centre crop] -> rescale -> normalise.
@@ -34,10 +33,10 @@ class Preprocessor:
         self.processor = processor
         self.draft_min_side = None  # no reduced-scale decoding: the processor decides
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        # numpy out, wrapped after: a torch op in a decoding thread would give it an OpenMP team.
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        # numpy, not torch: a torch op in a decoding thread would give it an OpenMP team.
         pixels = self.processor(images=[image], return_tensors="np")["pixel_values"][0]
-        return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+        return np.ascontiguousarray(pixels, dtype=np.float32)
 
 
 class FastPreprocessor(Preprocessor):
@@ -69,7 +68,7 @@ class FastPreprocessor(Preprocessor):
         new_short, new_long = self.resize_to, int(self.resize_to * long / short)
         return (new_long, new_short) if width <= height else (new_short, new_long)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image) -> np.ndarray:
         height, width = self.output_size(image.width, image.height)
         if self.crop is None:
             if (height, width) != (image.height, image.width):
@@ -93,7 +92,7 @@ class FastPreprocessor(Preprocessor):
         chw = np.empty((3, image.height, image.width), dtype=np.float32)
         np.multiply(pixels.transpose(2, 0, 1), self.multiply, out=chw)
         chw += self.add
-        return torch.from_numpy(chw)
+        return chw
 
 
 def make_preprocessor(processor, allow_fast: bool = True) -> Preprocessor:

@@ -4,6 +4,9 @@ Requests put their preprocessed images on a queue; one model thread takes up to
 `max_batch` images, waiting at most `max_wait_s` for more only while the queue is short
 of a full batch and more work is on its way, runs one forward pass and hands each request
 its own rows, pooled and normalised its own way.
+
+Runtime-agnostic: images are numpy arrays, the forward pass is whatever `run_batch` the
+runtime backend gives, and the backend says which of its exceptions mean out of memory.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from app.embedding.embedder import ExecutionTiming, PoolRequest
+from app.embedding.backend import ExecutionTiming, PoolRequest
 from app.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ class WorkerDied(ServiceUnavailable):
 
 @dataclass
 class WorkItem:
-    pixels: torch.Tensor  # [n, 3, H, W]
+    pixels: np.ndarray  # [n, 3, H, W] float32
     request: PoolRequest
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -45,7 +47,7 @@ class WorkItem:
         return self.pixels.shape[0]
 
 
-RunBatch = Callable[[torch.Tensor, list[PoolRequest]], tuple[list[np.ndarray], ExecutionTiming]]
+RunBatch = Callable[[np.ndarray, list[PoolRequest]], tuple[list[np.ndarray], ExecutionTiming]]
 OnExecution = Callable[[ExecutionTiming, list[int]], None]
 
 
@@ -58,8 +60,10 @@ class DynamicBatcher:
         more_expected: Callable[[], bool] = lambda: True,
         on_execution: OnExecution | None = None,
         on_thread_start: Callable[[], None] = lambda: None,
+        is_out_of_memory: Callable[[BaseException], bool] = lambda exc: isinstance(exc, MemoryError),
     ):
         self.run_batch = run_batch
+        self.is_out_of_memory = is_out_of_memory
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         # Waiting only pays when another request is on its way (being fetched or decoded).
@@ -100,11 +104,12 @@ class DynamicBatcher:
     def alive(self) -> bool:
         return self._running.is_set()
 
-    async def submit(self, pixels: torch.Tensor, request: PoolRequest) -> np.ndarray:
+    async def submit(self, pixels: np.ndarray, request: PoolRequest) -> np.ndarray:
         """The request's [n, D] embeddings; large requests are split into max_batch chunks."""
         loop = asyncio.get_running_loop()
         futures = []
-        for chunk in pixels.split(self.max_batch):
+        for start in range(0, pixels.shape[0], self.max_batch):
+            chunk = pixels[start : start + self.max_batch]
             future = loop.create_future()
             self._queue.put(
                 WorkItem(
@@ -185,7 +190,7 @@ class DynamicBatcher:
 
     def _execute(self, batch: list[WorkItem]) -> None:
         started = time.perf_counter_ns()
-        pixels = batch[0].pixels if len(batch) == 1 else torch.cat([item.pixels for item in batch])
+        pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([item.pixels for item in batch])
         try:
             results = self._run(
                 pixels, [item.request for item in batch], [started - i.enqueued_ns for i in batch]
@@ -211,7 +216,7 @@ class DynamicBatcher:
             _resolve(item, result=result)
 
     def _run(
-        self, pixels: torch.Tensor, requests: list[PoolRequest], queue_ns: list[int]
+        self, pixels: np.ndarray, requests: list[PoolRequest], queue_ns: list[int]
     ) -> list[np.ndarray]:
         results, timing = self.run_batch(pixels, requests)
         self.batch_sizes.append(timing.batch_size)
@@ -219,15 +224,15 @@ class DynamicBatcher:
             self.on_execution(timing, queue_ns)
         return results
 
-    def _run_alone(self, pixels: torch.Tensor, request: PoolRequest, queue_ns: int) -> np.ndarray:
+    def _run_alone(self, pixels: np.ndarray, request: PoolRequest, queue_ns: int) -> np.ndarray:
         try:
             return self._run(pixels, [request], [queue_ns])[0]
         except Exception as exc:  # noqa: BLE001
             return self._split_after(exc, pixels, request)
 
-    def _split_after(self, exc: Exception, pixels: torch.Tensor, request: PoolRequest) -> np.ndarray:
+    def _split_after(self, exc: Exception, pixels: np.ndarray, request: PoolRequest) -> np.ndarray:
         """After `exc` on these images: out of memory is retried in halves, the rest raised."""
-        if not is_out_of_memory(exc) or pixels.shape[0] == 1:
+        if not self.is_out_of_memory(exc) or pixels.shape[0] == 1:
             raise exc
         log.warning("out of memory on %d images: retrying in halves", pixels.shape[0])
         half = pixels.shape[0] // 2
@@ -236,10 +241,6 @@ class DynamicBatcher:
             for part in (pixels[:half], pixels[half:])
         ]
         return np.concatenate(parts)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
 
 
 def _resolve(item: WorkItem, result=None, exception: BaseException | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Turn a request's `image` elements into one stacked input tensor: fetch URLs, decode
+"""Turn a request's `image` elements into one stacked input array: fetch URLs, decode
 inline data, decode and preprocess in threads (overlapping other requests' forward passes).
 
 Each image is opened (header only) first; its decoded pixels are then reserved from a
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.errors import BadRequest, ImageError, InputError, Overloaded
@@ -20,8 +19,10 @@ from app.images.fetch import ImageFetcher
 from app.images.sources import ImageSource, SourceKind, classify, decode_base64, decode_data_uri
 from app.inference.budgets import WeightedSemaphore
 from app.inference.decode_threads import decode_executor
-from app.inference.spec import IMAGE_INPUT
 from app.settings import Settings
+
+# Errors name the V2 input the elements came from.
+IMAGE_INPUT = "image"
 
 
 class ImagePreparer:
@@ -37,7 +38,7 @@ class ImagePreparer:
     async def _in_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
 
-    async def prepare(self, elements: list[str | bytes], preprocessor) -> torch.Tensor:
+    async def prepare(self, elements: list[str | bytes], preprocessor) -> np.ndarray:
         """All elements concurrently, within the request's fetch budget; the first failure
         (by element index) fails the request and cancels the rest."""
         budget = self.settings.fetch_total_timeout_s
@@ -57,10 +58,9 @@ class ImagePreparer:
             raise BadRequest(f"input 'image': fetching and decoding took longer than {budget:g} s") from None
         except BaseExceptionGroup as failures:
             raise _first_failure(failures) from None
-        # numpy, not torch.stack: no torch thread team on the event loop's thread.
-        return torch.from_numpy(np.stack([task.result().numpy() for task in tasks]))
+        return np.stack([task.result() for task in tasks])
 
-    async def _prepare_one(self, index: int, element: str | bytes, preprocessor, waiting) -> torch.Tensor:
+    async def _prepare_one(self, index: int, element: str | bytes, preprocessor, waiting) -> np.ndarray:
         try:
             source = classify(element)
             if source.kind is SourceKind.URL:
@@ -115,7 +115,7 @@ class ImagePreparer:
     def _open(self, data: bytes, preprocessor) -> Image.Image:
         return open_image(data, self.settings.max_image_pixels, preprocessor.draft_min_side)
 
-    def _finish(self, image: Image.Image, preprocessor) -> torch.Tensor:
+    def _finish(self, image: Image.Image, preprocessor) -> np.ndarray:
         rgb = finish_decoding(image, self.settings.max_image_pixels)
         try:
             return preprocessor(rgb)

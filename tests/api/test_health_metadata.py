@@ -63,7 +63,7 @@ def test_a_model_that_fails_to_load_is_never_ready(tmp_path):
     (broken / "config.json").write_text('{"model_type": "no-such-family"}')
     settings = server_settings(broken, tmp_path)
     with run_server(settings, wait_ready=False) as server:
-        service = server.app.state.service
+        service = server.served
         for _ in range(200):
             if service.broken:
                 break

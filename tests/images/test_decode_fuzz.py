@@ -19,7 +19,10 @@ from app.errors import ImageError
 from app.images.decode import SUPPORTED_FORMATS, finish_decoding, open_image
 
 # Pillow warns about the damaged metadata it skips: expected here by the thousand.
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+]
 
 CASES_PER_FORMAT = 2500
 SECONDS_PER_FORMAT = 20.0  # a bound on the time, not a target: the cases usually run out first

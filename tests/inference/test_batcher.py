@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.embedding.embedder import ExecutionTiming, PoolRequest
+from app.embedding.backend import ExecutionTiming, PoolRequest
+from app.embedding.embedder import is_out_of_memory
 from app.embedding.pooling import PoolingStrategy
 from app.inference.batcher import DynamicBatcher
 from tests.support import data_uri, embeddings_of, encode, image_request, photo, run_server, server_settings
@@ -53,7 +54,7 @@ def _requests(files):
 def test_concurrent_requests_get_what_they_get_alone(server, files):
     plans = _requests(files)
     alone = [embeddings_of(httpx.post(server.infer_url(), json=p, timeout=60)) for p in plans]
-    batcher = server.app.state.service.batcher
+    batcher = server.served.batcher
     sizes_before = len(batcher.batch_sizes)
     with ThreadPoolExecutor(len(plans)) as pool:
         together = list(pool.map(lambda p: httpx.post(server.infer_url(), json=p, timeout=60), plans))
@@ -93,13 +94,13 @@ class _Recorder:
             raise RuntimeError("this input breaks the model")
         results, row = [], 0
         for request in requests:
-            results.append(pixels[row : row + request.count, 0, 0, :1].numpy().copy())
+            results.append(pixels[row : row + request.count, 0, 0, :1].copy())
             row += request.count
         return results, ExecutionTiming(pixels.shape[0], 0, 0, 0)
 
 
-def _pixels(value: float, count: int) -> torch.Tensor:
-    return torch.full((count, 3, 2, 2), value)
+def _pixels(value: float, count: int) -> np.ndarray:
+    return np.full((count, 3, 2, 2), value, np.float32)
 
 
 def _run(batcher, jobs):
@@ -162,7 +163,8 @@ def test_out_of_memory_is_retried_in_smaller_pieces():
             return super().__call__(pixels, requests)
 
     recorder = SmallMemory()
-    [result] = _run(DynamicBatcher(recorder, max_batch=8, max_wait_s=0), [(4.0, 7)])
+    # The torch backend tells which exceptions mean out of memory.
+    [result] = _run(DynamicBatcher(recorder, max_batch=8, max_wait_s=0, is_out_of_memory=is_out_of_memory), [(4.0, 7)])
     assert result.shape == (7, 1) and (result == 4.0).all()
     # 7 fails, then halves: 3 fails (1 + 2 pass), 4 fails (2 + 2 pass); never 7 again.
     assert recorder.batches == [7, 3, 1, 2, 4, 2, 2]

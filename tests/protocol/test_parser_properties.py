@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import ServiceError
-from app.inference.spec import build_spec
 from app.protocol.binary import decode_tensor
 from app.protocol.encoding import decode_content
 from app.protocol.request import parse_infer_body
 from app.protocol.schema import DATATYPES
+from app.protocol.spec import build_spec
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

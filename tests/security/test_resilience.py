@@ -53,7 +53,7 @@ def slow_model(tiny_models, tmp_path):
     """A real server whose model takes 1 s per forward pass (failure injection)."""
     settings = server_settings(tiny_models["dinov2"], tmp_path, max_batch_size=1)
     with run_server(settings) as server:
-        batcher = server.app.state.service.batcher
+        batcher = server.served.batcher
         real = batcher.run_batch
 
         def slow(pixels, requests):
@@ -79,7 +79,7 @@ def test_a_request_past_its_deadline_is_dropped_not_computed(slow_model):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_inference_worker_is_unready_then_restarted(tiny_models, tmp_path):
     with run_server(server_settings(tiny_models["dinov2"], tmp_path)) as server:
-        service = server.app.state.service
+        service = server.served
 
         def die(pixels, requests):
             raise SystemExit("the worker thread goes down")
@@ -142,7 +142,7 @@ def test_body_bytes_in_flight_are_bounded(tiny_models, tmp_path):
             assert _post(server, image_request([data_uri(GOOD)])).status_code == 200  # small ones fit
         time.sleep(0.5)  # the slow client went away: its bytes are given back
         assert httpx.post(server.infer_url(), content=padded, timeout=30).status_code == 200
-        assert server.app.state.service.body_bytes.used == 0
+        assert server.app.state.body_budget.used == 0
 
 
 def test_waiting_past_the_deadline_for_the_decoding_budget_is_a_503(tiny_models, tmp_path):
@@ -150,7 +150,7 @@ def test_waiting_past_the_deadline_for_the_decoding_budget_is_a_503(tiny_models,
         tiny_models["dinov2"], tmp_path, max_decoding_pixels=64 * 64, fetch_total_timeout_s=0.6
     )
     with run_server(settings) as server:
-        preparer = server.app.state.service.preparer
+        preparer = server.served.preparer
         finish = preparer._finish
 
         def slow_finish(image, preprocessor):  # failure injection: a decode that takes 1.5 s

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from app.inference.spec import OUTPUT_JSON, OutputChoice
 from app.protocol.binary import encode_bytes_elements
+from app.protocol.spec import OUTPUT_JSON, OutputChoice
 
 
 def embedding_document(embeddings: np.ndarray, model_id: str) -> bytes:

@@ -1,0 +1,84 @@
+"""The runtime backend interface: what the serving side (batcher, served model) needs from
+whatever runs the model. Images cross the seam as numpy float32 arrays [n, 3, H, W] and
+embeddings come back as numpy float32 rows, so the serving side imports no runtime (no
+torch here either); `Embedder` (app/embedding/embedder.py) is the torch implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from app.embedding.pooling import PoolingStrategy
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    """One request's share of a batch: its image count and how it wants them pooled."""
+
+    count: int
+    strategy: PoolingStrategy
+    normalize: bool
+
+
+@dataclass
+class ExecutionTiming:
+    """One forward pass: its batch size and how long each phase took."""
+
+    batch_size: int
+    compute_input_ns: int  # stacking and padding the batch (preprocessing: see the batcher)
+    compute_infer_ns: int  # the model's forward
+    compute_output_ns: int  # pooling, normalisation, copy back
+
+
+class ImagePreprocessor(Protocol):
+    """One decoded RGB image -> the model's input [3, H, W] float32. Runs in the decoding
+    threads, so it must not start a runtime's own thread pool."""
+
+    fast: bool
+    draft_min_side: int | None  # decode JPEGs at a reduced scale down to this side, or None
+
+    def __call__(self, image: Image.Image) -> np.ndarray: ...
+
+
+class RuntimeBackend(Protocol):
+    model_id: str
+    model_type: str
+    embedding_dim: int
+    max_batch_size: int
+    preprocessor: ImagePreprocessor
+
+    @property
+    def supported_poolings(self) -> tuple[PoolingStrategy, ...]: ...
+
+    @property
+    def default_pooling(self) -> PoolingStrategy: ...
+
+    def check_pooling(self, strategy: PoolingStrategy) -> None:
+        """Raise UnsupportedPooling (400) for a strategy this model cannot do."""
+
+    def adopt_thread(self) -> None:
+        """Called once by the thread that will run every forward pass."""
+
+    def embed_batch(
+        self, pixels: np.ndarray, requests: list[PoolRequest]
+    ) -> tuple[list[np.ndarray], ExecutionTiming]:
+        """One forward pass over the requests' images (stacked in order); each request gets
+        its own rows, pooled and normalised its own way."""
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether `exc` from embed_batch means the batch was too large for the device."""
+
+    def describe(self) -> dict[str, str]:
+        """What runs the model, for metadata and metrics: platform, family, device, dtype."""
+
+
+def load_backend(settings: Settings) -> RuntimeBackend:
+    """The backend the settings ask for, loaded and warmed up. The runtime is imported
+    here, not at module level: the serving side stays importable without it."""
+    from app.embedding.embedder import Embedder
+
+    return Embedder.from_settings(settings)

@@ -1,0 +1,84 @@
+"""The V2 codec: a request body (bytes and the two headers that frame it) in, the domain
+request (`EmbedRequestSpec`) out; embeddings in, a V2 answer out; a model's description
+in, V2 model metadata out. Transport-free: the REST route hands it HTTP bytes, a gRPC
+servicer would hand it the message's fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.protocol.encoding import decode_content
+from app.protocol.request import parse_infer_body
+from app.protocol.response import build_response
+from app.protocol.spec import (
+    IMAGE_INPUT,
+    KNOWN_INPUTS,
+    OUTPUT_JSON,
+    OUTPUT_RAW,
+    EmbedRequestSpec,
+    build_spec,
+    input_admission,
+    max_json_values,
+)
+
+if TYPE_CHECKING:
+    from app.inference.served_model import ModelDescription
+
+__all__ = ["RequestLimits", "decode_request", "encode_response", "model_metadata"]
+
+encode_response = build_response
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_request_bytes: int  # after decompression
+    max_inflation_ratio: float
+    max_images: int
+
+    @classmethod
+    def from_settings(cls, settings) -> RequestLimits:
+        return cls(settings.max_request_bytes, settings.max_inflation_ratio, settings.max_images_per_request)
+
+
+def decode_request(
+    body: bytes, content_encoding: str | None, header_length: str | None, limits: RequestLimits
+) -> tuple[EmbedRequestSpec, int]:
+    """The request, and the size of its body once inflated. Every shape is checked before
+    element data is decoded; raises BadRequest (400) or PayloadTooLarge (413)."""
+    raw = decode_content(body, content_encoding, limits.max_request_bytes, limits.max_inflation_ratio)
+    parsed = parse_infer_body(
+        raw, header_length, input_admission(limits.max_images), max_json_values(limits.max_images)
+    )
+    return build_spec(parsed, limits.max_images), len(raw)
+
+
+def model_metadata(description: ModelDescription) -> dict:
+    """V2 model metadata: the inputs this codec reads, the outputs it writes, and the
+    model's own facts as parameters."""
+    flag = {"datatype": "BYTES", "shape": [1]}
+    return {
+        "name": description.name,
+        "versions": list(description.versions),
+        "platform": description.runtime["platform"],
+        "inputs": [
+            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
+            *({"name": name, **flag} for name in KNOWN_INPUTS if name != IMAGE_INPUT),
+        ],
+        "outputs": [
+            {"name": OUTPUT_JSON, "datatype": "BYTES", "shape": [1]},
+            {"name": OUTPUT_RAW, "datatype": "FP32", "shape": [-1, description.embedding_dim]},
+        ],
+        "parameters": {
+            "model_id": description.model_id,
+            "model_type": description.model_type,
+            "family": description.runtime["family"],
+            "embedding_dim": description.embedding_dim,
+            "pooling_strategies": [p.value for p in description.poolings],
+            "default_pooling_strategy": description.default_pooling.value,
+            "normalize_embeddings": description.normalize_default,
+            "device": description.runtime["device"],
+            "dtype": description.runtime["dtype"],
+            "max_images_per_request": description.max_images,
+        },
+    }

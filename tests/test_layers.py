@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVING_MODULES = [
     "app.server", "app.api.models", "app.api.health", "app.api.body", "app.protocol.codec",
     "app.inference.registry", "app.inference.served_model", "app.inference.batcher",
-    "app.inference.preparation", "app.embedding.backend", "app.embedding.preprocess",
+    "app.inference.preparation", "app.embedding.backend", "app.embedding.preprocess", "app.client",
 ]  # fmt: skip
 
 

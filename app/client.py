@@ -1,0 +1,400 @@
+"""`python -m app.client`: embed many images through one or more running servers.
+
+    python -m app.client photos/ --server http://127.0.0.1:8080 --out photos.parquet
+    python -m app.client urls.txt --server http://a:8080 --server http://b:8080 --out urls.npy
+    python -m app.client table.csv --column path --out table.parquet --pooling mean --normalize
+
+Sources: a folder (every image file below it), a text file of URLs or paths (one a line),
+or a column of a CSV or Parquet file. Each request is a binary V2 request of --batch images
+(files as their bytes, URLs as text for the server to fetch); --concurrency requests are in
+flight, spread over the servers. 503 is retried after its Retry-After, 504, other 5xx and
+connection failures with exponential backoff; an image the server refuses (400 naming the
+element) is listed in `<out>.failures.jsonl` with its message and the rest of its batch goes
+on. Results are written in parts as they arrive (`<out>.parts/`), so Ctrl-C or a crash
+leaves everything finished so far; the output file (Parquet: id, source, embedding; or
+.npy with `<out>.ids.txt`) is assembled from them at the end, and a second run skips every
+id already written. Light on purpose: httpx, numpy, tqdm, pyarrow; no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import itertools
+import json
+import os
+import random
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+FLUSH_ROWS = 1024  # rows per part file
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str  # what the output is keyed by: the source as given (folder: the relative path)
+    source: str  # an http(s) URL or a file path
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def read_items(source: Path, column: str | None = None) -> list[Item]:
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [Item(str(p.relative_to(source)), str(p)) for p in files]
+    suffix = source.suffix.lower()
+    if suffix == ".csv":
+        with source.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            name = column or reader.fieldnames[0]
+            values = [row[name] for row in reader]
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(source, columns=[column] if column else None)
+        values = [str(v) for v in table.column(column or table.column_names[0]).to_pylist()]
+    else:
+        values = [line.strip() for line in source.read_text().splitlines()]
+        values = [v for v in values if v and not v.startswith("#")]
+    items, seen = [], set()
+    for value in values:
+        if value in seen:
+            continue
+        seen.add(value)
+        is_url = value.lower().startswith(("http://", "https://"))
+        path = value if is_url or Path(value).is_absolute() else str(source.parent / value)
+        items.append(Item(value, path))
+    return items
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+class Output:
+    """Parts written as results arrive (each atomically), assembled into the output at the end."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.parts = path.with_name(path.name + ".parts")
+        self.ids_path = path.with_suffix(".ids.txt")
+        self.failures_path = path.with_name(path.name + ".failures.jsonl")
+        # Part names unique across runs: a resumed run adds parts beside an earlier run's.
+        self._names = (f"part-{time.time_ns()}-{n:06d}.parquet" for n in itertools.count())
+
+    def _tables(self):
+        import pyarrow.parquet as pq
+
+        if self.path.exists():
+            yield self._read_final()
+        for part in sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else ():
+            yield pq.read_table(part)
+
+    def _read_final(self):
+        import pyarrow.parquet as pq
+
+        if self.path.suffix == ".npy":
+            rows = [line.split("\t", 1) for line in self.ids_path.read_text().splitlines()]
+            return _table([r[0] for r in rows], [r[1] for r in rows], np.load(self.path))
+        return pq.read_table(self.path)
+
+    def done_ids(self) -> set[str]:
+        return {i for table in self._tables() for i in table.column("id").to_pylist()}
+
+    def write_part(self, rows: list[tuple[str, str, np.ndarray]]) -> None:
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return
+        self.parts.mkdir(parents=True, exist_ok=True)
+        ids, sources, vectors = zip(*rows, strict=True)
+        final = self.parts / next(self._names)
+        temporary = final.with_suffix(".tmp")
+        pq.write_table(_table(list(ids), list(sources), np.stack(vectors)), temporary)
+        os.replace(temporary, final)  # a part is whole or absent
+
+    def assemble(self) -> int:
+        """Write the output from everything finished (earlier runs included); the rows."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = list(self._tables())
+        if not tables:
+            return 0
+        table = pa.concat_tables(tables)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        if self.path.suffix == ".npy":
+            vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+            with open(temporary, "wb") as handle:
+                np.save(handle, vectors)
+            ids = [f"{i}\t{s}" for i, s in zip(table.column("id").to_pylist(), table.column("source").to_pylist(), strict=True)]
+            ids_temporary = self.ids_path.with_suffix(".tmp")
+            ids_temporary.write_text("\n".join(ids) + "\n")
+            os.replace(ids_temporary, self.ids_path)
+        else:
+            pq.write_table(table, temporary)
+        os.replace(temporary, self.path)
+        for part in self.parts.glob("part-*.parquet"):
+            part.unlink()
+        if self.parts.exists():
+            self.parts.rmdir()
+        return table.num_rows
+
+
+def _table(ids: list[str], sources: list[str], vectors: np.ndarray):
+    import pyarrow as pa
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    return pa.table({"id": ids, "source": sources, "embedding": embedding})
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+def encode_request(elements: list[bytes], pooling: str | None, normalize: bool | None) -> tuple[bytes, int]:
+    """A binary V2 request: the image elements as BYTES tensor data, raw embeddings back."""
+    chunk = b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    inputs = [{"name": "image", "shape": [len(elements)], "datatype": "BYTES", "parameters": {"binary_data_size": len(chunk)}}]
+    if pooling:
+        inputs.append({"name": "pooling_strategy", "shape": [1], "datatype": "BYTES", "data": [pooling]})
+    if normalize is not None:
+        inputs.append({"name": "normalize", "shape": [1], "datatype": "BYTES", "data": [str(normalize).lower()]})
+    header = json.dumps(
+        {"inputs": inputs, "outputs": [{"name": "raw_embeddings", "parameters": {"binary_data": True}}]}
+    ).encode()
+    return header + chunk, len(header)
+
+
+def decode_embeddings(response: httpx.Response) -> np.ndarray:
+    length = int(response.headers["inference-header-content-length"])
+    header = json.loads(response.content[:length])
+    [output] = [o for o in header["outputs"] if o["name"] == "raw_embeddings"]
+    rows, dim = output["shape"]
+    return np.frombuffer(response.content[length:], dtype="<f4", count=rows * dim).reshape(rows, dim)
+
+
+class RetryableError(Exception):
+    def __init__(self, message: str, wait_s: float | None = None):
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+@dataclass
+class Settings:
+    servers: list[str]
+    model: str
+    batch: int = 16
+    concurrency: int = 4
+    retries: int = 8
+    backoff_s: float = 0.5
+    timeout_s: float = 300.0
+    pooling: str | None = None
+    normalize: bool | None = None
+
+
+class BulkEmbedder:
+    def __init__(self, settings: Settings, output: Output, progress=None):
+        self.settings = settings
+        self.output = output
+        self.progress = progress
+        self.pending: list[tuple[str, str, np.ndarray]] = []  # finished, not yet in a part
+        self.failures: list[dict] = []
+        self.embedded = 0
+        self._servers = itertools.cycle(settings.servers)
+
+    async def run(self, items: list[Item]) -> None:
+        batches: asyncio.Queue[list[Item]] = asyncio.Queue()
+        for start in range(0, len(items), self.settings.batch):
+            batches.put_nowait(items[start : start + self.settings.batch])
+        limits = httpx.Limits(max_connections=self.settings.concurrency * len(self.settings.servers))
+        async with httpx.AsyncClient(timeout=self.settings.timeout_s, limits=limits, trust_env=False) as client:
+            workers = [asyncio.create_task(self._work(client, batches)) for _ in range(self.settings.concurrency)]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for worker in workers:
+                    worker.cancel()
+        self.flush()
+
+    async def _work(self, client: httpx.AsyncClient, batches: asyncio.Queue) -> None:
+        while not batches.empty():
+            batch = batches.get_nowait()
+            await self._embed(client, batch)
+            if self.progress is not None:
+                self.progress.update(len(batch))
+            if len(self.pending) >= FLUSH_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        rows, self.pending = self.pending, []
+        self.output.write_part(rows)
+
+    def _fail(self, item: Item, message: str) -> None:
+        self.failures.append({"id": item.id, "source": item.source, "error": message})
+
+    async def _embed(self, client: httpx.AsyncClient, batch: list[Item]) -> None:
+        elements, live = [], []
+        for item in batch:
+            if item.source.lower().startswith(("http://", "https://")):
+                elements.append(item.source.encode())
+                live.append(item)
+                continue
+            try:
+                elements.append(Path(item.source).read_bytes())
+                live.append(item)
+            except OSError as exc:
+                self._fail(item, f"cannot read the file: {exc}")
+        attempt = 0
+        while live:
+            server = next(self._servers)
+            try:
+                vectors = await self._post(client, server, elements)
+            except RetryableError as exc:
+                attempt += 1
+                if attempt > self.settings.retries:
+                    for item in live:
+                        self._fail(item, f"gave up after {self.settings.retries} retries: {exc}")
+                    return
+                wait = exc.wait_s if exc.wait_s is not None else self._backoff(attempt)
+                await asyncio.sleep(wait)
+                continue
+            except _RefusedElement as refused:
+                # The server names the bad element: list it, send the rest again.
+                self._fail(live[refused.index], refused.message)
+                del live[refused.index], elements[refused.index]
+                continue
+            except _Refused as refused:
+                for item in live:
+                    self._fail(item, refused.message)
+                return
+            for item, vector in zip(live, vectors, strict=True):
+                self.pending.append((item.id, item.source, vector.copy()))
+            self.embedded += len(live)
+            return
+
+    def _backoff(self, attempt: int) -> float:
+        return min(30.0, self.settings.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+    async def _post(self, client: httpx.AsyncClient, server: str, elements: list[bytes]) -> np.ndarray:
+        body, header_length = encode_request(elements, self.settings.pooling, self.settings.normalize)
+        url = f"{server.rstrip('/')}/v2/models/{self.settings.model}/infer"
+        try:
+            response = await client.post(
+                url, content=body, headers={"Inference-Header-Content-Length": str(header_length)}
+            )
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"{server}: {type(exc).__name__}: {exc}") from None
+        if response.status_code == 200:
+            return decode_embeddings(response)
+        message = _error_message(response)
+        if response.status_code == 503:
+            retry_after = response.headers.get("retry-after", "")
+            raise RetryableError(f"503 {message}", float(retry_after) if retry_after.isdigit() else None)
+        if response.status_code >= 500 or response.status_code == 429:
+            raise RetryableError(f"{response.status_code} {message}")
+        index = _element_index(message)
+        if response.status_code == 400 and index is not None and index < len(elements):
+            raise _RefusedElement(index, message)
+        raise _Refused(f"{response.status_code} {message}")
+
+
+class _Refused(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class _RefusedElement(_Refused):
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]
+
+
+def _element_index(message: str) -> int | None:
+    marker = "input 'image' element "
+    if marker not in message:
+        return None
+    digits = message.split(marker, 1)[1].split(":", 1)[0]
+    return int(digits) if digits.isdigit() else None
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app.client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path, help="a folder, a text file of URLs/paths, or a .csv/.parquet file")
+    parser.add_argument("--column", help="the CSV/Parquet column of URLs or paths (default: the first)")
+    parser.add_argument("--server", action="append", required=True, help="server base URL (repeat for several)")
+    parser.add_argument("--model", default="mobilenet-v2", help="model name in /v2/models/<name>/infer")
+    parser.add_argument("--out", type=Path, required=True, help="output .parquet, or .npy (+ .ids.txt)")
+    parser.add_argument("--batch", type=int, default=16, help="images per request")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--retries", type=int, default=8, help="retries of one batch (503, 504, 5xx, network)")
+    parser.add_argument("--backoff", type=float, default=0.5, help="first backoff in seconds (doubles)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for one request")
+    parser.add_argument("--pooling", choices=["cls", "mean", "max"], help="default: the server's")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out.suffix not in (".parquet", ".npy"):
+        sys.exit("--out must end in .parquet or .npy")
+    output = Output(args.out)
+    items = read_items(args.source, args.column)
+    done = output.done_ids()
+    todo = [item for item in items if item.id not in done]
+    settings = Settings(
+        args.server, args.model, args.batch, args.concurrency, args.retries, args.backoff, args.timeout,
+        pooling=args.pooling, normalize=args.normalize,
+    )  # fmt: skip
+    from tqdm import tqdm
+
+    progress = tqdm(total=len(todo), unit="img", disable=args.no_progress, dynamic_ncols=True)
+    embedder = BulkEmbedder(settings, output, progress)
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        asyncio.run(embedder.run(todo))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        embedder.flush()  # whatever finished before an interruption is kept
+        rows = output.assemble()
+        with output.failures_path.open("w") as handle:
+            for failure in embedder.failures:
+                handle.write(json.dumps(failure) + "\n")
+    elapsed = time.perf_counter() - started
+    print(
+        f"{embedder.embedded} embedded in {elapsed:.1f} s ({embedder.embedded / max(elapsed, 1e-9):.1f} img/s), "
+        f"{len(done)} already done, {len(embedder.failures)} failed (listed in {output.failures_path}); "
+        f"{rows} rows in {args.out}" + (" (interrupted: run again to resume)" if interrupted else ""),
+        file=sys.stderr,
+    )
+    if interrupted:
+        return 130
+    return 1 if embedder.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

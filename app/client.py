@@ -107,7 +107,18 @@ class Output:
         return pq.read_table(self.path)
 
     def done_ids(self) -> set[str]:
-        return {i for table in self._tables() for i in table.column("id").to_pylist()}
+        """Ids already written: the id column only (a million embeddings stay on disk)."""
+        import pyarrow.parquet as pq
+
+        done: set[str] = set()
+        if self.path.exists():
+            if self.path.suffix == ".npy":
+                done.update(line.split("\t", 1)[0] for line in self.ids_path.read_text().splitlines())
+            else:
+                done.update(pq.read_table(self.path, columns=["id"]).column("id").to_pylist())
+        for part in sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else ():
+            done.update(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+        return done
 
     def write_part(self, rows: list[tuple[str, str, np.ndarray]]) -> None:
         import pyarrow.parquet as pq

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 
 from app.errors import Overloaded
 
@@ -97,11 +96,3 @@ class WeightedSemaphore:
             if not future.done():
                 self.available -= weight
                 future.set_result(None)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, weight: int):
-        taken = await self.acquire(weight)
-        try:
-            yield
-        finally:
-            self.release(taken)

@@ -33,9 +33,12 @@ def test_weighted_semaphore_serves_in_order_and_clamps_oversized_weights():
         order = []
 
         async def worker(name, weight, hold_s):
-            async with semaphore.hold(weight):
+            taken = await semaphore.acquire(weight)
+            try:
                 order.append(name)
                 await asyncio.sleep(hold_s)
+            finally:
+                semaphore.release(taken)
 
         big = asyncio.create_task(worker("big", 8, 0.05))
         await asyncio.sleep(0)

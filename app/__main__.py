@@ -40,9 +40,11 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         for error in exc.errors():
-            setting = str(error["loc"][0]).upper() if error["loc"] else "?"
-            given = error.get("input")
-            sys.stderr.write(f"invalid setting {setting}={given!r}: {error['msg']}\n")
+            if not error["loc"]:  # a rule between settings: its message names them
+                sys.stderr.write(f"invalid settings: {error['msg'].removeprefix('Value error, ')}\n")
+                continue
+            setting = str(error["loc"][0]).upper()
+            sys.stderr.write(f"invalid setting {setting}={error.get('input')!r}: {error['msg']}\n")
         raise SystemExit(2) from None
 
 

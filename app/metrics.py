@@ -38,6 +38,7 @@ class ServiceMetrics:
             "embed_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=registry
         )
         self.images = Counter("embed_images", "Images embedded", registry=registry)
+        self.texts = Counter("embed_texts", "Texts embedded (text tower)", registry=registry)
         self.inferences = Counter(
             "embed_inference_count", "Inferences (images) run by the model", registry=registry
         )

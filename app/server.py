@@ -12,7 +12,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.api import health, models
+from app.api import health, models, openai
 from app.api import metrics as metrics_route
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObservabilityMiddleware
@@ -85,6 +85,7 @@ def create_app(
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(openai.router)
     app.include_router(metrics_route.router)
     _document_infer_request(app)
     return app

@@ -7,7 +7,7 @@ import ipaddress
 import re
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.embedding.pooling import PoolingStrategy
@@ -18,6 +18,21 @@ class DTypeSetting(enum.StrEnum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
+
+
+class RuntimeSetting(enum.StrEnum):
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
+class QuantizeSetting(enum.StrEnum):
+    NONE = "none"
+    INT8 = "int8"
+
+
+class OpenVinoHint(enum.StrEnum):
+    THROUGHPUT = "throughput"
+    LATENCY = "latency"
 
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -57,9 +72,38 @@ class Settings(BaseSettings):
     dtype: DTypeSetting = Field(
         DTypeSetting.AUTO, description="auto (float16 on CUDA, else float32), float32, float16, bfloat16"
     )
+    runtime: RuntimeSetting = Field(
+        RuntimeSetting.TORCH,
+        description="torch, or openvino (CPU: the model converted at start-up, cached in MODEL_CACHE_DIR)",
+    )
+    quantize: QuantizeSetting = Field(
+        QuantizeSetting.NONE,
+        description="none, or int8 (RUNTIME=openvino: NNCF post-training quantization from CALIBRATION_DIR)",
+    )
+    calibration_dir: Path | None = Field(
+        None, description="folder of representative images for QUANTIZE=int8 (a quarter held out to check it)"
+    )
+    quantize_max_cosine_drop: float = Field(
+        0.005,
+        gt=0,
+        lt=1,
+        description="int8: layers go back to float until the held-out images' min cosine to float32 "
+        "is within this of 1",
+    )
+    openvino_hint: OpenVinoHint = Field(
+        OpenVinoHint.THROUGHPUT,
+        description="throughput (several batches in flight on their own streams) or latency (one "
+        "batch on every core)",
+    )
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8080, ge=1, le=65535, description="port to listen on")
     max_images_per_request: int = Field(64, ge=1, le=4096, description="images allowed in one request")
+    max_texts_per_request: int = Field(
+        64, ge=1, le=4096, description="texts allowed in one request (models with a text tower)"
+    )
+    max_text_chars: int = Field(
+        2048, ge=1, le=1_000_000, description="longest text accepted, in characters (longer: 400)"
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="most images in one forward pass")
     max_batch_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="longest wait for more images before a forward pass"
@@ -73,7 +117,7 @@ class Settings(BaseSettings):
     fast_preprocessing: bool = Field(
         True, description="uint8 torch resize/crop/normalise instead of the transformers processor"
     )
-    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0: cores / WORKERS")
+    torch_threads: int = Field(0, ge=0, le=1024, description="intra-op threads (torch, or OpenVINO's); 0: usable cores / WORKERS")
     workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     fetch_timeout_s: float = Field(10.0, gt=0, le=600, description="timeout for fetching one image URL")
     fetch_total_timeout_s: float = Field(
@@ -171,6 +215,27 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_runtime(self) -> Settings:
+        if self.quantize == QuantizeSetting.INT8:
+            if self.runtime != RuntimeSetting.OPENVINO:
+                raise ValueError("QUANTIZE=int8 needs RUNTIME=openvino")
+            if self.calibration_dir is None:
+                raise ValueError(
+                    "QUANTIZE=int8 needs CALIBRATION_DIR: a folder of images like the ones you will "
+                    "embed (a few hundred; at least 8, a quarter of them held out to check the result)"
+                )
+            if not self.calibration_dir.is_dir():
+                raise ValueError(f"CALIBRATION_DIR {self.calibration_dir} is not a folder")
+        if self.runtime == RuntimeSetting.OPENVINO:
+            if self.device not in ("auto", "cpu"):
+                raise ValueError(f"RUNTIME=openvino runs on the CPU; DEVICE={self.device} needs RUNTIME=torch")
+            if self.dtype == DTypeSetting.FLOAT16:
+                raise ValueError("RUNTIME=openvino: DTYPE float16 is for GPUs; use float32, bfloat16 or QUANTIZE=int8")
+            if self.compile:
+                raise ValueError("COMPILE is torch.compile; RUNTIME=openvino compiles its own graph")
+        return self
 
     @property
     def served_model_name(self) -> str:

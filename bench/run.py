@@ -4,6 +4,7 @@ real photos as data URIs and as URLs from a local static server.
 
     python -m bench.run --model mobilenet-v2 --dtype bfloat16 --compile --workers 2
     python -m bench.run --model dinov2-small --dtype bfloat16 --compile
+    python -m bench.run --model dinov2-small --runtime openvino [--quantize int8]
 
 Prints a markdown table, writes JSON to bench/results/, and stops everything it started.
 """
@@ -45,6 +46,14 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--runtime", choices=["torch", "openvino"], default="torch")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none")
+    parser.add_argument("--calibration", type=Path, help="int8 calibration images (default: bench/photos.py's)")
+    parser.add_argument(
+        "--max-cosine-drop", type=float, default=0.005,
+        help="QUANTIZE_MAX_COSINE_DROP (random-weight shapes: large, since their fidelity means nothing)",
+    )
+    parser.add_argument("--openvino-hint", choices=["throughput", "latency"], default="throughput")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -68,8 +77,12 @@ def server_flags(args) -> list[str]:
         "--torch-threads", str(args.torch_threads), "--max-batch-size", str(args.max_batch_size),
         "--max-batch-wait-ms", str(args.max_batch_wait_ms), "--compile", str(args.compile).lower(),
         "--fast-preprocessing", str(not args.processor).lower(), "--max-images-per-request", "64",
-        "--allow-private-urls", "true", "--max-queue-images", "4096",
+        "--allow-private-urls", "true", "--max-queue-images", "4096", "--runtime", args.runtime,
+        "--quantize", args.quantize, "--openvino-hint", args.openvino_hint,
+        "--model-cache-dir", str(args.cache),
     ]  # fmt: skip
+    if args.quantize == "int8":
+        flags += ["--calibration-dir", str(args.calibration), "--quantize-max-cosine-drop", str(args.max_cosine_drop)]
     if args.channels_last != "auto":
         flags += ["--channels-last", args.channels_last]
     return flags
@@ -149,7 +162,7 @@ EAGER_BATCHES = (1, 8, 16, 32)
 def measure_forward(args, folder: Path) -> dict:
     import torch
 
-    from app.embedding.embedder import Embedder
+    from app.embedding.backend import load_backend
     from app.settings import Settings
 
     seconds = max(2.0, args.seconds / 2)
@@ -162,8 +175,11 @@ def measure_forward(args, folder: Path) -> dict:
         model_id=str(folder), model_dir="/nonexistent", device=args.device, dtype=args.dtype,
         compile=args.compile, max_batch_size=args.max_batch_size, torch_threads=args.torch_threads,
         workers=args.workers, channels_last=None if args.channels_last == "auto" else args.channels_last == "true",
+        runtime=args.runtime, quantize=args.quantize, calibration_dir=args.calibration,
+        openvino_hint=args.openvino_hint, model_cache_dir=args.cache,
+        quantize_max_cosine_drop=args.max_cosine_drop,
     )  # fmt: skip
-    embedder = Embedder.from_settings(Settings(**fields))
+    embedder = load_backend(Settings(**fields))
     if args.workers > 1:
         config = configured_in_workers(fields, args.workers, batches, seconds)
     else:
@@ -207,6 +223,10 @@ def main(argv=None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
     os.environ["HF_HUB_OFFLINE"] = "1"
     folder = prepare_model(args.model, args.cache)
+    if args.quantize == "int8" and args.calibration is None:
+        from bench.photos import write_calibration_dir
+
+        args.calibration = write_calibration_dir(args.cache / "bench-calibration")
     print(f"model {args.model} at {folder}; server flags {' '.join(server_flags(args))}", flush=True)
     forward = measure_forward(args, folder)
     print(f"raw forward: eager fp32 {forward['eager_fp32']}, configured {forward['configured']}", flush=True)
@@ -250,7 +270,9 @@ def main(argv=None) -> dict:
         or ROOT
         / "bench"
         / "results"
-        / f"{args.model.replace('/', '_')}-{args.dtype}{'-compile' if args.compile else ''}-w{args.workers}.json"
+        / f"{args.model.replace('/', '_')}-{args.runtime}-{'int8' if args.quantize == 'int8' else args.dtype}"
+        f"{'-compile' if args.compile else ''}{'-latency' if args.openvino_hint == 'latency' else ''}"
+        f"-w{args.workers}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

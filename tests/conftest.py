@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.tiny_models import FAMILIES, build_tiny_model  # noqa: E402
+from tests.tiny_models import FAMILIES, TEXT_FAMILIES, build_text_model, build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,13 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """family -> folder of a tiny random-weight model with its image processor."""
     root = tmp_path_factory.mktemp("tiny-models")
     return {family: build_tiny_model(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def text_models(tmp_path_factory) -> dict[str, Path]:
+    """family -> folder of a tiny full CLIP / SigLIP model with its tokenizer."""
+    root = tmp_path_factory.mktemp("text-models")
+    return {family: build_text_model(family, root / family) for family in TEXT_FAMILIES}
 
 
 @pytest.fixture(scope="session")

@@ -108,3 +108,71 @@ def build_tiny_model(family: str, folder: Path) -> Path:
     model.save_pretrained(folder)
     make_processor().save_pretrained(folder)
     return folder
+
+
+# Text towers (issue: text-to-image search): full CLIP and SigLIP models with working
+# tokenizers built offline: a small byte-level BPE vocabulary for CLIP, a small trained
+# sentencepiece model for SigLIP. Real sequence lengths (77, 64): padding is part of what
+# is tested.
+TEXT_FAMILIES = ("clip", "siglip")
+_CORPUS = [
+    "a photo of a cat", "a photo of a dog", "a cup of coffee on a table", "a rocket launch at night",
+    "an astronaut in space", "a black and white photo of a camera man", "coins on a table",
+]  # fmt: skip
+
+
+def _clip_tokenizer(folder: Path):
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    characters = list(bytes_to_unicode().values())
+    merges = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("o", "f</w>")]
+    vocab = {token: i for i, token in enumerate(characters + [c + "</w>" for c in characters])}
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = tf.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _siglip_tokenizer(folder: Path):
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 10), model_writer=model, vocab_size=80, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    tokenizer = tf.SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def build_text_model(family: str, folder: Path) -> Path:
+    """A full two-tower model with its tokenizer and image processor."""
+    torch.manual_seed(0)
+    vision = dict(**VIT, image_size=32, patch_size=8)
+    if family == "clip":
+        tokenizer = _clip_tokenizer(folder)
+        text = dict(
+            TEXT, vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+        processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
+    else:
+        tokenizer = _siglip_tokenizer(folder)
+        text = dict(
+            TEXT, vocab_size=len(tokenizer), max_position_embeddings=64, bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
+        processor = tf.SiglipImageProcessorPil(size=SQUARE_32)
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -89,9 +89,16 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
             # A client's id only when it is safe for headers and logs; the answer says which.
             request.state.request_id = safe_request_id(spec.request_id) or request.state.request_id
             deadline_s = spec.timeout_us / 1e6 if spec.timeout_us else None
-            embeddings = await model.embed(spec.images, spec.pooling, spec.normalize, deadline_s)
+            parameters = None
+            if spec.texts:
+                embeddings, tokenized = await model.embed_texts(
+                    spec.texts, spec.pooling, spec.normalize, deadline_s
+                )
+                parameters = {"texts_truncated": tokenized.truncated}
+            else:
+                embeddings = await model.embed(spec.images, spec.pooling, spec.normalize, deadline_s)
             answer, header_length = encode_response(
-                request.state.request_id, model.name, model.model_id, embeddings, spec.outputs
+                request.state.request_id, model.name, model.model_id, embeddings, spec.outputs, parameters
             )
     finally:
         reservation.release()

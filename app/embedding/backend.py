@@ -14,14 +14,18 @@ from PIL import Image
 from app.embedding.pooling import PoolingStrategy
 from app.settings import Settings
 
+IMAGE, TEXT = "image", "text"
+
 
 @dataclass(frozen=True)
 class PoolRequest:
-    """One request's share of a batch: its image count and how it wants them pooled."""
+    """One request's share of a batch: its input count, how it wants them pooled, and
+    which tower they go through. A batch holds one modality only."""
 
     count: int
     strategy: PoolingStrategy
     normalize: bool
+    modality: str = IMAGE  # text: inputs are int64 [n, 2, L] tokens (ids, attention mask)
 
 
 @dataclass
@@ -50,6 +54,11 @@ class RuntimeBackend(Protocol):
     embedding_dim: int
     max_batch_size: int
     preprocessor: ImagePreprocessor
+    # IMAGE, and TEXT for a model with a text tower (CLIP, SigLIP full models).
+    modalities: tuple[str, ...]
+    # Batches the backend runs at once: 1 (torch, on the model thread) or more (OpenVINO's
+    # infer requests; embed_batch is then called from that many threads).
+    concurrent_batches: int
 
     @property
     def supported_poolings(self) -> tuple[PoolingStrategy, ...]: ...
@@ -60,14 +69,21 @@ class RuntimeBackend(Protocol):
     def check_pooling(self, strategy: PoolingStrategy) -> None:
         """Raise UnsupportedPooling (400) for a strategy this model cannot do."""
 
+    def check_text(self) -> None:
+        """Raise BadRequest (400), saying why, when this model cannot embed text."""
+
+    def tokenize(self, texts: list[str]):
+        """TokenizedTexts (app/embedding/text_tower.py) for the text tower; thread-safe."""
+
     def adopt_thread(self) -> None:
         """Called once by the thread that will run every forward pass."""
 
     def embed_batch(
         self, pixels: np.ndarray, requests: list[PoolRequest]
     ) -> tuple[list[np.ndarray], ExecutionTiming]:
-        """One forward pass over the requests' images (stacked in order); each request gets
-        its own rows, pooled and normalised its own way."""
+        """One forward pass over the requests' inputs (stacked in order: images [n, 3, H, W]
+        float32, or text tokens); each request gets its own rows, pooled and normalised its
+        own way."""
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether `exc` from embed_batch means the batch was too large for the device."""
@@ -79,6 +95,12 @@ class RuntimeBackend(Protocol):
 def load_backend(settings: Settings) -> RuntimeBackend:
     """The backend the settings ask for, loaded and warmed up. The runtime is imported
     here, not at module level: the serving side stays importable without it."""
+    from app.settings import RuntimeSetting
+
+    if settings.runtime == RuntimeSetting.OPENVINO:
+        from app.embedding.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend.from_settings(settings)
     from app.embedding.embedder import Embedder
 
     return Embedder.from_settings(settings)

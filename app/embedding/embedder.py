@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from app.embedding.backend import ExecutionTiming, PoolRequest
+from app.embedding.backend import IMAGE, TEXT, ExecutionTiming, PoolRequest
 from app.embedding.device import resolve_device, resolve_dtype
 from app.embedding.execution import ExecutionOptions, configure_threads, prepare_model
 from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES, FamilyAdapter, generic_adapter
 from app.embedding.loader import LoadedModel, load_model, resolve_source
-from app.embedding.pooling import PoolingStrategy
+from app.embedding.openvino_export import is_export
+from app.embedding.pooling import PoolingStrategy, check_supported
 from app.embedding.preprocess import make_preprocessor
-from app.errors import UnsupportedPooling
+from app.embedding.text_tower import TokenizedTexts
+from app.errors import BadRequest
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ PLATFORM = "pytorch_transformers"
 
 
 class Embedder:
+    concurrent_batches = 1  # every forward on the one model thread (see model_thread.py)
+
     def __init__(self, loaded: LoadedModel, options: ExecutionOptions, fast_preprocessing: bool = True):
         self.options = options
         self.device = options.device
@@ -37,6 +42,8 @@ class Embedder:
         self.model_type = loaded.config.model_type
         self.preprocessor = make_preprocessor(loaded.processor, allow_fast=fast_preprocessing)
         self.model = loaded.model
+        self.text = loaded.text
+        self.modalities = (IMAGE, TEXT) if self.text is not None else (IMAGE,)
         self.forward_model = prepare_model(loaded.model, options)
         # One eager forward tells the input and embedding sizes and, for unknown families, the rule.
         probe = torch.from_numpy(self.preprocessor(Image.new("RGB", (64, 64), (128, 128, 128))))
@@ -51,6 +58,8 @@ class Embedder:
         dtype = resolve_dtype(settings.dtype, device)
         threads = configure_threads(settings.torch_threads, settings.workers)
         source = resolve_source(settings)
+        if is_export(Path(source.location)):
+            raise ValueError(f"{source.location} is an OpenVINO export: serve it with RUNTIME=openvino")
         started = time.perf_counter()
         loaded = load_model(source, device, dtype)
         is_cnn = loaded.config.model_type in CONVOLUTIONAL_MODEL_TYPES
@@ -88,6 +97,20 @@ class Embedder:
             started = time.perf_counter()
             self._forward(torch.zeros((size, *self.input_shape)), self.forward_model)
             log.debug("warm-up forward at batch %d took %.2f s", size, time.perf_counter() - started)
+        if self.text is not None:
+            tokens = self.text.tokenize([""] * self.max_batch_size).tokens
+            self.text.embed(torch.from_numpy(tokens).to(self.device))
+
+    def check_text(self) -> None:
+        if self.text is None:
+            raise BadRequest(
+                f"model {self.model_id} ({self.model_type}) has no text tower: text embeddings need "
+                "a full CLIP or SigLIP model folder with its tokenizer"
+            )
+
+    def tokenize(self, texts: list[str]) -> TokenizedTexts:
+        self.check_text()
+        return self.text.tokenize(texts)
 
     def describe(self) -> dict[str, str]:
         return {
@@ -109,12 +132,7 @@ class Embedder:
         return self.adapter.default
 
     def check_pooling(self, strategy: PoolingStrategy) -> None:
-        if strategy not in self.adapter.supported:
-            choices = ", ".join(p.value for p in self.adapter.supported)
-            raise UnsupportedPooling(
-                f"pooling strategy '{strategy.value}' is not supported by {self.model_id} "
-                f"({self.model_type}); supported: {choices}"
-            )
+        check_supported(strategy, self.adapter.supported, self.model_id, self.model_type)
 
     def _forward(self, pixels: torch.Tensor, model):
         pixels = pixels.to(self.device, self.dtype)
@@ -128,6 +146,8 @@ class Embedder:
     ) -> tuple[list[np.ndarray], ExecutionTiming]:
         """One forward pass over `pixels` (the requests' images, stacked in order); each
         request gets its own rows pooled and normalised its own way."""
+        if requests[0].modality == TEXT:
+            return self._embed_texts(pixels, requests)
         t0 = time.perf_counter_ns()
         if isinstance(pixels, np.ndarray):
             pixels = torch.from_numpy(pixels)  # no copy
@@ -144,15 +164,19 @@ class Embedder:
                 strategy: self.adapter.pool(outputs, strategy)[:batch].float().cpu()
                 for strategy in {r.strategy for r in requests}
             }
-        results = []
-        row = 0
-        for request in requests:
-            rows = pooled[request.strategy][row : row + request.count]
-            if request.normalize:
-                rows = torch.nn.functional.normalize(rows, p=2, dim=-1)
-            results.append(rows.numpy())
-            row += request.count
+        results = _split_rows([pooled[r.strategy] for r in requests], requests)
         return results, ExecutionTiming(batch, t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+
+    def _embed_texts(self, tokens: np.ndarray, requests: list[PoolRequest]):
+        t0 = time.perf_counter_ns()
+        tokens = torch.from_numpy(tokens).to(self.device)
+        t1 = time.perf_counter_ns()
+        features = self.text.embed(tokens)
+        t2 = time.perf_counter_ns()
+        with torch.inference_mode():
+            features = features.float().cpu()
+        results = _split_rows([features] * len(requests), requests)
+        return results, ExecutionTiming(tokens.shape[0], t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
     def embed(
         self, images: list[Image.Image], strategy: PoolingStrategy, normalize: bool
@@ -167,6 +191,18 @@ class Embedder:
             pieces.append(rows)
             timings.append(timing)
         return np.concatenate(pieces, axis=0), timings
+
+
+def _split_rows(pooled: list[torch.Tensor], requests: list[PoolRequest]) -> list[np.ndarray]:
+    """Each request's rows of its own pooled batch, normalised if it asked."""
+    results, row = [], 0
+    for rows, request in zip(pooled, requests, strict=True):
+        rows = rows[row : row + request.count]
+        if request.normalize:
+            rows = torch.nn.functional.normalize(rows, p=2, dim=-1)
+        results.append(rows.numpy())
+        row += request.count
+    return results
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

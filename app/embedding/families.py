@@ -9,14 +9,18 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModel,
+    CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
     PretrainedConfig,
     PreTrainedModel,
+    SiglipModel,
     SiglipVisionModel,
 )
+from transformers.models.clip.modeling_clip import CLIPVisionModelOutput
 
 from app.embedding.pooling import PoolingStrategy
+from app.embedding.text_tower import TextTower
 
 CLS, MEAN, MAX = PoolingStrategy.CLS, PoolingStrategy.MEAN, PoolingStrategy.MAX
 
@@ -46,6 +50,10 @@ class FamilyAdapter:
 
     def pool(self, outputs, strategy: PoolingStrategy) -> torch.Tensor:
         raise NotImplementedError
+
+    def load_with_text(self, path, config, tokenizer, **kwargs):
+        """(image module, TextTower) from one load of a full two-tower model."""
+        raise ValueError(f"{self.name} models have no text tower")
 
 
 class Dinov2Adapter(FamilyAdapter):
@@ -101,6 +109,10 @@ class ClipAdapter(FamilyAdapter):
         self.check_loading_info(info)
         return model
 
+    def load_with_text(self, path, config, tokenizer, **kwargs):
+        full = CLIPModel.from_pretrained(path, config=config, **kwargs)
+        return _ClipImages(full), TextTower(full, tokenizer, "clip")
+
     def check_loading_info(self, info):
         # Without the projection, image_embeds would be random: refuse rather than serve them.
         missing = [k for k in info.get("missing_keys", ()) if "visual_projection" in k]
@@ -131,11 +143,38 @@ class SiglipAdapter(FamilyAdapter):
         vision_config = config.vision_config if config.model_type == "siglip" else config
         return SiglipVisionModel.from_pretrained(path, config=vision_config, **kwargs)
 
+    def load_with_text(self, path, config, tokenizer, **kwargs):
+        full = SiglipModel.from_pretrained(path, config=config, **kwargs)
+        return _SiglipImages(full), TextTower(full, tokenizer, "siglip")
+
     def pool(self, outputs, strategy):
         if strategy == CLS:
             return outputs.pooler_output
         hidden = outputs.last_hidden_state
         return hidden.mean(dim=1) if strategy == MEAN else hidden.amax(dim=1)
+
+
+class _ClipImages(torch.nn.Module):
+    """A full CLIPModel's image side, answering like CLIPVisionModelWithProjection."""
+
+    def __init__(self, full: CLIPModel):
+        super().__init__()
+        self.full = full
+
+    def forward(self, pixel_values):
+        out = self.full.get_image_features(pixel_values=pixel_values)
+        return CLIPVisionModelOutput(image_embeds=out.pooler_output, last_hidden_state=out.last_hidden_state)
+
+
+class _SiglipImages(torch.nn.Module):
+    """A full SiglipModel's image side, answering like SiglipVisionModel."""
+
+    def __init__(self, full: SiglipModel):
+        super().__init__()
+        self.full = full
+
+    def forward(self, pixel_values):
+        return self.full.get_image_features(pixel_values=pixel_values)
 
 
 class TokenAdapter(FamilyAdapter):

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 
 from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
 from app.embedding.families import FamilyAdapter, adapter_for
+from app.embedding.text_tower import TEXT_FAMILIES, TextTower, load_tokenizer
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class LoadedModel:
     model: torch.nn.Module
     processor: object
     adapter: FamilyAdapter | None  # None: chosen from the first forward's output
+    text: TextTower | None = None  # a full CLIP/SigLIP folder with its tokenizer
 
 
 def find_model_folder(folder: Path) -> Path | None:
@@ -63,7 +65,12 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
     config = AutoConfig.from_pretrained(source.location)
     adapter = adapter_for(config)
     kwargs = {"dtype": dtype}
-    if adapter is not None:
+    text = None
+    # One load, two towers: a full CLIP/SigLIP folder with a tokenizer serves text too.
+    tokenizer = load_tokenizer(source.location) if config.model_type in TEXT_FAMILIES else None
+    if tokenizer is not None:
+        model, text = adapter.load_with_text(source.location, config, tokenizer, **kwargs)
+    elif adapter is not None:
         model = adapter.load(source.location, config, **kwargs)
     else:
         model = FamilyAdapter().load(source.location, config, **kwargs)
@@ -72,4 +79,4 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
         processor = AutoImageProcessor.from_pretrained(source.location)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{source.location} has no usable image processor config: {exc}") from None
-    return LoadedModel(source, config, model, processor, adapter)
+    return LoadedModel(source, config, model, processor, adapter, text)

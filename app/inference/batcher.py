@@ -3,7 +3,9 @@
 Requests put their preprocessed images on a queue; one model thread takes up to
 `max_batch` images, waiting at most `max_wait_s` for more only while the queue is short
 of a full batch and more work is on its way, runs one forward pass and hands each request
-its own rows, pooled and normalised its own way.
+its own rows, pooled and normalised its own way. A backend that runs several batches at
+once (`concurrency` > 1) gets each batch in a thread of a small pool; the model thread
+collects the next batch as soon as a slot is free.
 
 Runtime-agnostic: images are numpy arrays, the forward pass is whatever `run_batch` the
 runtime backend gives, and the backend says which of its exceptions mean out of memory.
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,7 +39,7 @@ class WorkerDied(ServiceUnavailable):
 
 @dataclass
 class WorkItem:
-    pixels: np.ndarray  # [n, 3, H, W] float32
+    pixels: np.ndarray  # the inputs: [n, 3, H, W] float32 images, or text tokens (PoolRequest)
     request: PoolRequest
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -57,6 +60,7 @@ class DynamicBatcher:
         run_batch: RunBatch,
         max_batch: int,
         max_wait_s: float,
+        concurrency: int = 1,
         more_expected: Callable[[], bool] = lambda: True,
         on_execution: OnExecution | None = None,
         on_thread_start: Callable[[], None] = lambda: None,
@@ -70,6 +74,12 @@ class DynamicBatcher:
         self.more_expected = more_expected
         self.on_execution = on_execution
         self.on_thread_start = on_thread_start
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._executor = (
+            concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="batch")
+            if concurrency > 1
+            else None
+        )
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._carried: collections.deque[WorkItem] = collections.deque()  # model thread only
         self._running = threading.Event()
@@ -111,11 +121,7 @@ class DynamicBatcher:
         for start in range(0, pixels.shape[0], self.max_batch):
             chunk = pixels[start : start + self.max_batch]
             future = loop.create_future()
-            self._queue.put(
-                WorkItem(
-                    chunk, PoolRequest(chunk.shape[0], request.strategy, request.normalize), future, loop
-                )
-            )
+            self._queue.put(WorkItem(chunk, replace(request, count=chunk.shape[0]), future, loop))
             futures.append(future)
         parts = await asyncio.gather(*futures)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -150,7 +156,11 @@ class DynamicBatcher:
                 break
             if item.future.done():  # cancelled: its request timed out or went away
                 continue
-            if size + item.count > self.max_batch or item.pixels.shape[1:] != first.pixels.shape[1:]:
+            if (
+                size + item.count > self.max_batch
+                or item.pixels.shape[1:] != first.pixels.shape[1:]
+                or item.request.modality != first.request.modality
+            ):
                 self._carried.appendleft(item)  # first in the next batch
                 break
             batch.append(item)
@@ -158,24 +168,40 @@ class DynamicBatcher:
         return batch
 
     def _loop(self) -> None:
-        while True:
-            first = self._next(None)
-            if first is _STOP:
-                return
-            if first.future.done():
-                continue
-            batch = self._collect(first)
-            try:
-                self._execute(batch)
-            except Exception:  # noqa: BLE001 - the thread must outlive any one batch
-                log.exception("batch of %d requests failed", len(batch))
-            except BaseException:
-                # The thread is going down (the service's supervisor restarts it): answer
-                # this batch's requests now rather than at their deadline.
-                dead = WorkerDied("the inference worker stopped; retry the request")
-                for item in batch:
-                    _resolve(item, exception=dead)
-                raise
+        try:
+            while True:
+                # A free slot first: while every slot computes, the next batch keeps growing.
+                while not self._slots.acquire(timeout=0.5):  # short waits: signals reach a main thread
+                    pass
+                first = self._next(None)
+                if first is _STOP:
+                    return
+                if first.future.done():
+                    self._slots.release()
+                    continue
+                batch = self._collect(first)
+                if self._executor is None:
+                    self._execute_in_slot(batch)
+                else:
+                    self._executor.submit(self._execute_in_slot, batch)
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)  # batches in flight are answered
+
+    def _execute_in_slot(self, batch: list[WorkItem]) -> None:
+        try:
+            self._execute(batch)
+        except Exception:  # noqa: BLE001 - the thread must outlive any one batch
+            log.exception("batch of %d requests failed", len(batch))
+        except BaseException:
+            # The thread is going down (the service's supervisor restarts it): answer
+            # this batch's requests now rather than at their deadline.
+            dead = WorkerDied("the inference worker stopped; retry the request")
+            for item in batch:
+                _resolve(item, exception=dead)
+            raise
+        finally:
+            self._slots.release()
 
     def fail_pending(self, exception: BaseException) -> int:
         """Answer every request still queued (after the thread died); returns how many."""
@@ -237,7 +263,7 @@ class DynamicBatcher:
         log.warning("out of memory on %d images: retrying in halves", pixels.shape[0])
         half = pixels.shape[0] // 2
         parts = [
-            self._run_alone(part, PoolRequest(part.shape[0], request.strategy, request.normalize), 0)
+            self._run_alone(part, replace(request, count=part.shape[0]), 0)
             for part in (pixels[:half], pixels[half:])
         ]
         return np.concatenate(parts)

@@ -12,18 +12,22 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.embedding.backend import PoolRequest, RuntimeBackend, load_backend
+from app.embedding.backend import TEXT, PoolRequest, RuntimeBackend, load_backend
 from app.embedding.pooling import PoolingStrategy
-from app.errors import ModelNotFound, Overloaded, ServiceError, ServiceUnavailable
+from app.errors import BadRequest, ModelNotFound, Overloaded, ServiceError, ServiceUnavailable
 from app.inference.batcher import DynamicBatcher, WorkerDied
 from app.inference.model_thread import ModelHost, OwnThread, run_in_passing_thread
 from app.inference.preparation import ImagePreparer
 from app.inference.stats import ModelStatistics
 from app.metrics import ServiceMetrics
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.embedding.text_tower import TokenizedTexts
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ class ModelDescription:
     default_pooling: PoolingStrategy
     normalize_default: bool
     max_images: int
+    max_texts: int
+    modalities: tuple[str, ...]  # image, and text for a model with its text tower
     runtime: dict[str, str]  # platform, family, device, dtype (RuntimeBackend.describe)
 
 
@@ -101,10 +107,12 @@ class ServedModel:
         self._supervisor = asyncio.create_task(self._supervise())
 
     def _start_batcher(self) -> DynamicBatcher:
-        # The batcher's thread is the only one that runs the model.
+        # The batcher's thread runs the model, or hands up to concurrent_batches batches to
+        # threads of its own (a backend with several infer requests).
         batcher = DynamicBatcher(
             self.backend.embed_batch,
             max_batch=self.settings.max_batch_size,
+            concurrency=self.backend.concurrent_batches,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             more_expected=lambda: self._preparing > 0,
             on_execution=self._record_execution,
@@ -198,6 +206,8 @@ class ServedModel:
             default_pooling=self.default_pooling,
             normalize_default=self.settings.normalize_embeddings,
             max_images=self.settings.max_images_per_request,
+            max_texts=self.settings.max_texts_per_request,
+            modalities=tuple(backend.modalities),
             runtime=backend.describe(),
         )
 
@@ -226,10 +236,41 @@ class ServedModel:
         pooling and normalize default to the model's settings, the deadline to
         REQUEST_TIMEOUT_S."""
         backend = self.require_ready()
-        count = len(images)
+        work = self._embed_images(backend, images, pooling, normalize)
+        return await self._admitted(len(images), deadline_s, work, self.metrics.images)
+
+    async def embed_texts(
+        self,
+        texts: list[str],
+        pooling: PoolingStrategy | None = None,
+        normalize: bool | None = None,
+        deadline_s: float | None = None,
+    ) -> tuple[np.ndarray, TokenizedTexts]:
+        """[N, D] float32 text embeddings in the image embeddings' joint space (a CLIP or
+        SigLIP model with its text tower), and how the texts were tokenized. Batched across
+        requests on the model thread, like images (one modality per forward pass)."""
+        backend = self.require_ready()
+        backend.check_text()
+        if pooling is not None and pooling != backend.default_pooling:
+            raise BadRequest(
+                f"input 'pooling_strategy' '{pooling.value}' applies to images; a text embedding is "
+                "the model's own text feature (the joint space has no other pooling)"
+            )
+        normalize = self.settings.normalize_embeddings if normalize is None else normalize
+
+        async def run():
+            tokenized = await asyncio.to_thread(backend.tokenize, texts)
+            request = PoolRequest(len(texts), backend.default_pooling, normalize, TEXT)
+            return await self.batcher.submit(tokenized.tokens, request), tokenized
+
+        return await self._admitted(len(texts), deadline_s, run(), self.metrics.texts)
+
+    async def _admitted(self, count: int, deadline_s: float | None, work, counter):
+        """Run `work` (a coroutine) as `count` admitted inputs, within the deadline."""
         if self.admitted_images + count > self.settings.max_queue_images:
+            work.close()
             raise Overloaded(
-                f"server is at capacity ({self.admitted_images} images waiting, limit "
+                f"server is at capacity ({self.admitted_images} inputs waiting, limit "
                 f"{self.settings.max_queue_images}); retry shortly"
             )
         deadline_s = deadline_s or self.settings.request_timeout_s
@@ -237,17 +278,17 @@ class ServedModel:
         try:
             # A request whose deadline passes while it waits is cancelled: its queued work
             # is skipped by the batcher, never computed.
-            embeddings = await asyncio.wait_for(self._embed(backend, images, pooling, normalize), deadline_s)
+            result = await asyncio.wait_for(work, deadline_s)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"request did not finish within its timeout of {deadline_s * 1000:g} ms"
             ) from None
         finally:
             self.admitted_images -= count
-        self.metrics.images.inc(count)
-        return embeddings
+        counter.inc(count)
+        return result
 
-    async def _embed(
+    async def _embed_images(
         self, backend: RuntimeBackend, images: list, pooling: PoolingStrategy | None, normalize: bool | None
     ) -> np.ndarray:
         pooling = pooling or self.default_pooling

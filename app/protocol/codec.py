@@ -12,11 +12,13 @@ from app.protocol.encoding import decode_content
 from app.protocol.request import parse_infer_body
 from app.protocol.response import build_response
 from app.protocol.spec import (
+    FLAG_INPUTS,
     IMAGE_INPUT,
-    KNOWN_INPUTS,
     OUTPUT_JSON,
     OUTPUT_RAW,
+    TEXT_INPUT,
     EmbedRequestSpec,
+    SizeLimits,
     build_spec,
     input_admission,
     max_json_values,
@@ -35,10 +37,19 @@ class RequestLimits:
     max_request_bytes: int  # after decompression
     max_inflation_ratio: float
     max_images: int
+    max_texts: int = 64
+    max_text_chars: int = 2048
 
     @classmethod
     def from_settings(cls, settings) -> RequestLimits:
-        return cls(settings.max_request_bytes, settings.max_inflation_ratio, settings.max_images_per_request)
+        return cls(
+            settings.max_request_bytes, settings.max_inflation_ratio, settings.max_images_per_request,
+            settings.max_texts_per_request, settings.max_text_chars,
+        )  # fmt: skip
+
+    @property
+    def sizes(self) -> SizeLimits:
+        return SizeLimits(self.max_images, self.max_texts, self.max_text_chars)
 
 
 def decode_request(
@@ -47,23 +58,23 @@ def decode_request(
     """The request, and the size of its body once inflated. Every shape is checked before
     element data is decoded; raises BadRequest (400) or PayloadTooLarge (413)."""
     raw = decode_content(body, content_encoding, limits.max_request_bytes, limits.max_inflation_ratio)
-    parsed = parse_infer_body(
-        raw, header_length, input_admission(limits.max_images), max_json_values(limits.max_images)
-    )
-    return build_spec(parsed, limits.max_images), len(raw)
+    parsed = parse_infer_body(raw, header_length, input_admission(limits.sizes), max_json_values(limits.sizes))
+    return build_spec(parsed, limits.sizes), len(raw)
 
 
 def model_metadata(description: ModelDescription) -> dict:
     """V2 model metadata: the inputs this codec reads, the outputs it writes, and the
     model's own facts as parameters."""
     flag = {"datatype": "BYTES", "shape": [1]}
+    has_text = TEXT_INPUT in description.modalities
     return {
         "name": description.name,
         "versions": list(description.versions),
         "platform": description.runtime["platform"],
         "inputs": [
             {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
-            *({"name": name, **flag} for name in KNOWN_INPUTS if name != IMAGE_INPUT),
+            *([{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}] if has_text else []),
+            *({"name": name, **flag} for name in FLAG_INPUTS),
         ],
         "outputs": [
             {"name": OUTPUT_JSON, "datatype": "BYTES", "shape": [1]},
@@ -80,5 +91,7 @@ def model_metadata(description: ModelDescription) -> dict:
             "device": description.runtime["device"],
             "dtype": description.runtime["dtype"],
             "max_images_per_request": description.max_images,
+            "modalities": list(description.modalities),
+            **({"max_texts_per_request": description.max_texts} if has_text else {}),
         },
     }

@@ -31,8 +31,10 @@ def build_response(
     model_id: str,
     embeddings: np.ndarray,
     outputs: list[OutputChoice],
+    parameters: dict | None = None,
 ) -> tuple[bytes, int | None]:
-    """The body, and the JSON header's length when binary tensor data follows it."""
+    """The body, and the JSON header's length when binary tensor data follows it;
+    `parameters` (e.g. how many texts were truncated) go in the answer's own parameters."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     entries = []
     chunks: list[bytes] = []
@@ -53,8 +55,12 @@ def build_response(
         if choice.binary:
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
         entries.append(entry)
+    answer: dict = {"id": request_id, "model_name": model_name}
+    if parameters:
+        answer["parameters"] = parameters
+    answer["outputs"] = entries
     header = orjson.dumps(
-        {"id": request_id, "model_name": model_name, "outputs": entries},
+        answer,
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     if not chunks:

@@ -9,9 +9,11 @@ from app.errors import BadRequest, PayloadTooLarge
 from app.protocol.request import ParsedRequest, Tensor
 
 IMAGE_INPUT = "image"
+TEXT_INPUT = "text"
 OUTPUT_JSON = "output"
 OUTPUT_RAW = "raw_embeddings"
-KNOWN_INPUTS = (IMAGE_INPUT, "pooling_strategy", "normalize", "include_raw")
+KNOWN_INPUTS = (IMAGE_INPUT, TEXT_INPUT, "pooling_strategy", "normalize", "include_raw")
+FLAG_INPUTS = ("pooling_strategy", "normalize", "include_raw")
 KNOWN_OUTPUTS = (OUTPUT_JSON, OUTPUT_RAW)
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -24,17 +26,27 @@ class OutputChoice:
     binary: bool
 
 
+@dataclass(frozen=True)
+class SizeLimits:
+    """The limits on a request's inputs that the codec enforces."""
+
+    max_images: int
+    max_texts: int
+    max_text_chars: int
+
+
 @dataclass
 class EmbedRequestSpec:
     request_id: str | None
-    images: list[str | bytes]
+    images: list[str | bytes]  # empty for a text request
+    texts: list[str]  # empty for an image request
     pooling: PoolingStrategy | None  # None: the server default
     normalize: bool | None  # None: the server default
     outputs: list[OutputChoice]
     timeout_us: int | None
 
 
-def input_admission(max_images: int):
+def input_admission(limits: SizeLimits):
     """The parser's check of each input from its declared shape, before any element is
     decoded: a 4-million-element flag is refused before it becomes 4 million objects."""
 
@@ -42,37 +54,41 @@ def input_admission(max_images: int):
         if name not in KNOWN_INPUTS:
             raise BadRequest(f"unknown input '{name}'; this model takes {', '.join(KNOWN_INPUTS)}")
         if name == IMAGE_INPUT:
-            _check_image_count(count, max_images)
+            _check_count(name, count, limits.max_images, "images")
+        elif name == TEXT_INPUT:
+            _check_count(name, count, limits.max_texts, "texts")
         elif count != 1:
             raise BadRequest(f"input '{name}' must have exactly one element, its shape has {count}")
 
     return admit
 
 
-def max_json_values(max_images: int) -> int:
+def max_json_values(limits: SizeLimits) -> int:
     """A bound on the values in a request's JSON header: each image element, a few dozen
-    for the request's own structure, and room for commas inside URLs."""
-    return 16 * max_images + 1024
+    for the request's own structure, and room for commas inside URLs and texts."""
+    return 16 * limits.max_images + limits.max_texts * (limits.max_text_chars + 1) + 1024
 
 
-def _check_image_count(count: int, max_images: int) -> None:
-    if count > max_images:
-        raise PayloadTooLarge(f"input 'image' has {count} images, over the limit of {max_images} per request")
+def _check_count(name: str, count: int, limit: int, what: str) -> None:
+    if count > limit:
+        raise PayloadTooLarge(f"input '{name}' has {count} {what}, over the limit of {limit} per request")
 
 
-def build_spec(parsed: ParsedRequest, max_images: int) -> EmbedRequestSpec:
+def build_spec(parsed: ParsedRequest, limits: SizeLimits) -> EmbedRequestSpec:
     tensors = parsed.tensors
     unknown = [name for name in tensors if name not in KNOWN_INPUTS]
     if unknown:
         raise BadRequest(f"unknown input '{unknown[0]}'; this model takes {', '.join(KNOWN_INPUTS)}")
-    image = tensors.get(IMAGE_INPUT)
-    if image is None:
-        raise BadRequest("missing input 'image' (BYTES: URLs, data URIs, base64 or image files)")
-    if image.datatype != "BYTES":
-        raise BadRequest(f"input 'image' must have datatype BYTES, got {image.datatype}")
-    if not image.values:
-        raise BadRequest("input 'image' has no elements")
-    _check_image_count(len(image.values), max_images)
+    image, text = tensors.get(IMAGE_INPUT), tensors.get(TEXT_INPUT)
+    if image is not None and text is not None:
+        raise BadRequest("a request carries input 'image' or input 'text', not both: send them separately")
+    if image is None and text is None:
+        raise BadRequest(
+            "missing input 'image' (BYTES: URLs, data URIs, base64 or image files) or 'text' "
+            "(BYTES: UTF-8 strings, for a model with a text tower)"
+        )
+    images = _elements(image, limits.max_images, "images") if image is not None else []
+    texts = _texts(text, limits) if text is not None else []
     pooling_text = _scalar_text(tensors.get("pooling_strategy"))
     pooling = None
     if pooling_text is not None:
@@ -85,12 +101,41 @@ def build_spec(parsed: ParsedRequest, max_images: int) -> EmbedRequestSpec:
     parameters = request.parameters or {}
     return EmbedRequestSpec(
         request_id=request.id,
-        images=list(image.values),
+        images=images,
+        texts=texts,
         pooling=pooling,
         normalize=_flag(tensors.get("normalize")),
         outputs=choose_outputs(parsed, bool(include_raw)),
         timeout_us=_timeout(parameters.get("timeout")),
     )
+
+
+def _elements(tensor: Tensor, limit: int, what: str) -> list:
+    if tensor.datatype != "BYTES":
+        raise BadRequest(f"input '{tensor.name}' must have datatype BYTES, got {tensor.datatype}")
+    if not tensor.values:
+        raise BadRequest(f"input '{tensor.name}' has no elements")
+    _check_count(tensor.name, len(tensor.values), limit, what)
+    return list(tensor.values)
+
+
+def _texts(tensor: Tensor, limits: SizeLimits) -> list[str]:
+    texts = []
+    for index, value in enumerate(_elements(tensor, limits.max_texts, "texts")):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"input 'text' element {index} is not UTF-8 text") from None
+        if not isinstance(value, str):
+            raise BadRequest(f"input 'text' element {index} must be a string")
+        if len(value) > limits.max_text_chars:
+            raise BadRequest(
+                f"input 'text' element {index} has {len(value)} characters, over the limit of "
+                f"{limits.max_text_chars} (MAX_TEXT_CHARS)"
+            )
+        texts.append(value)
+    return texts
 
 
 def choose_outputs(parsed: ParsedRequest, include_raw: bool) -> list[OutputChoice]:

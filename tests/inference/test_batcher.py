@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.cpus import usable_cpus
 from app.embedding.backend import ExecutionTiming, PoolRequest
 from app.embedding.embedder import is_out_of_memory
 from app.embedding.pooling import PoolingStrategy
@@ -25,15 +26,21 @@ def files():
     return [data_uri(encode(photo(name).resize((160, 120)))) for name in NAMES]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def server(request, tiny_models, tmp_path_factory):
+    """Both runtimes: OpenVINO runs several batches at once (one per infer request)."""
+    folder = tmp_path_factory.mktemp("srv")
     settings = server_settings(
         tiny_models["dinov2_with_registers"],
-        tmp_path_factory.mktemp("srv"),
+        folder,
         max_batch_size=8,
         max_batch_wait_ms=50,
+        runtime=request.param,
+        model_cache_dir=folder / "cache",
     )
     with run_server(settings) as running:
+        concurrent = running.served.backend.concurrent_batches
+        assert concurrent == 1 if request.param == "torch" else concurrent >= min(2, usable_cpus())
         yield running
 
 
@@ -168,6 +175,30 @@ def test_out_of_memory_is_retried_in_smaller_pieces():
     assert result.shape == (7, 1) and (result == 4.0).all()
     # 7 fails, then halves: 3 fails (1 + 2 pass), 4 fails (2 + 2 pass); never 7 again.
     assert recorder.batches == [7, 3, 1, 2, 4, 2, 2]
+
+
+def test_concurrent_batches_overlap_and_each_request_gets_its_own_rows():
+    import threading
+
+    running, most = 0, 0
+    lock = threading.Lock()
+    recorder = _Recorder()
+
+    def slow(pixels, requests):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return recorder(pixels, requests)
+
+    jobs = [(float(i), 1 + i % 3) for i in range(12)]
+    results = _run(DynamicBatcher(slow, max_batch=4, max_wait_s=0, concurrency=2), jobs)
+    assert most == 2  # two batches computed at once, never more
+    for (value, count), result in zip(jobs, results, strict=True):
+        np.testing.assert_array_equal(result, np.full((count, 1), value, np.float32))
 
 
 def test_main_thread_host_runs_the_model_loop_in_the_serving_thread():

@@ -14,7 +14,7 @@ from app.protocol.binary import decode_tensor
 from app.protocol.encoding import decode_content
 from app.protocol.request import parse_infer_body
 from app.protocol.schema import DATATYPES
-from app.protocol.spec import build_spec
+from app.protocol.spec import SizeLimits, build_spec
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -58,7 +58,7 @@ request_like = st.fixed_dictionaries(
 
 def _parse(body: bytes, header_length: str | None) -> None:
     try:
-        build_spec(parse_infer_body(body, header_length), max_images=16)
+        build_spec(parse_infer_body(body, header_length), SizeLimits(max_images=16, max_texts=16, max_text_chars=64))
     except ServiceError as exc:
         assert 400 <= exc.status_code < 500, exc
 

@@ -131,7 +131,7 @@ def cases():
         ("ico holding a 12000x12000 png", "POST", INFER, _image_body(data_uri(_ico_holding(huge_png), "image/x-icon")), {}, 400, ["element 0", "not a recognised image format"], 40),
         ("icns", "POST", INFER, _image_body(data_uri(_icns(), "image/icns")), {}, 400, ["not a recognised image format"], 40),
         ("gzip bomb: 248 KiB to 250 MiB", "POST", INFER, _gzip_bomb(), {"Content-Encoding": "gzip"}, 413, ["decompressed body", "MAX_INFLATION_RATIO"], 60),
-        ("4-million-element flag, json", "POST", INFER, _huge_flag_json(), {}, 413, ["more than 2048 values"], 80),
+        ("4-million-element flag, json", "POST", INFER, _huge_flag_json(), {}, 413, ["request JSON holds more than", "send fewer elements"], 80),
         ("4-million-element flag, binary", "POST", INFER, binary_flag, binary_headers, 400, ["'normalize' must have exactly one element", "4000000"], 40),
         ("malformed tiff", "POST", INFER, _image_body(data_uri(tiff, "image/tiff")), {}, 400, ["element 0", "malformed"], 40),
         ("host with a 64-character label", "POST", INFER, _image_body("http://" + "a" * 64 + ".invalid/a.jpg"), {}, 400, ["element 0", "refused by policy"], 40),

@@ -1,0 +1,215 @@
+"""The model converted for OpenVINO: the transformers model with its family's pooling in the
+graph (dynamic batch), float32 or int8, saved as a folder that a restart reuses.
+
+An export folder holds model.xml/.bin, the model's config and image processor files, and
+embedding_export.json (family, poolings, embedding size, precision, int8 fidelity). The
+cache (MODEL_CACHE_DIR/openvino/) keys each one by the model files' contents, the
+precision, the graph's pooling outputs, the OpenVINO (and NNCF) version and, for int8, the
+calibration images; `python -m app.quantize --out DIR` writes the same folder, and MODEL_ID
+(or MODEL_DIR) pointing at one serves it as it is."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from app.embedding.loader import ModelSource
+from app.settings import QuantizeSetting, Settings
+
+log = logging.getLogger(__name__)
+
+EXPORT_INFO = "embedding_export.json"
+GRAPH_VERSION = 1  # bump when PooledOutputs or the conversion changes what the graph computes
+_COPIED_FILES = ("config.json", "preprocessor_config.json")
+_WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    model_id: str
+    model_type: str
+    family: str
+    poolings: list[str]  # the graph's outputs, in order, each named by its pooling
+    default_pooling: str
+    embedding_dim: int
+    input_shape: list[int]  # [3, H, W]
+    precision: str  # float32 or int8
+    fidelity: dict | None = None  # int8: app.embedding.fidelity.Fidelity on held-out images
+
+
+def read_info(folder: Path) -> ExportInfo:
+    return ExportInfo(**json.loads((folder / EXPORT_INFO).read_text()))
+
+
+def is_export(folder: Path) -> bool:
+    return (Path(folder) / EXPORT_INFO).is_file()
+
+
+def local_folder(source: ModelSource) -> Path:
+    """The model's files on disk: the folder, or the hub snapshot in the HF cache."""
+    if Path(source.location).is_dir():
+        return Path(source.location)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source.location, allow_patterns=_WEIGHT_PATTERNS))
+
+
+def ensure_export(settings: Settings, source: ModelSource) -> tuple[Path, ExportInfo]:
+    """The export folder for these settings: given as the model, cached, or built now."""
+    folder = local_folder(source)
+    if is_export(folder):
+        return folder, read_info(folder)
+    key = export_key(folder, settings)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.model_id).strip("-.")[-60:] or "model"
+    target = Path(settings.model_cache_dir) / "openvino" / f"{slug}-{settings.quantize.value}-{key[:16]}"
+    if is_export(target):
+        log.info("reusing the OpenVINO model cached at %s", target)
+        return target, read_info(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        build_export(folder, source.model_id, settings, staging)
+        try:
+            os.rename(staging, target)  # atomic: workers never see half a folder
+        except OSError:
+            if not is_export(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, read_info(target)
+
+
+def export_key(folder: Path, settings: Settings) -> str:
+    import openvino
+    from transformers import AutoConfig
+
+    from app.embedding.families import adapter_for
+
+    adapter = adapter_for(AutoConfig.from_pretrained(folder))
+    material = {
+        "graph": GRAPH_VERSION,
+        "openvino": openvino.__version__,
+        "files": files_digest(folder),
+        "precision": settings.quantize.value,
+        # Known families' pooling outputs; other families' come from the files (a probe forward).
+        "poolings": [p.value for p in adapter.supported] if adapter is not None else "probed",
+    }
+    if settings.quantize == QuantizeSetting.INT8:
+        import nncf
+
+        from app.embedding.quantization import calibration_digest
+
+        material |= {
+            "nncf": nncf.__version__,
+            "calibration": calibration_digest(settings.calibration_dir),
+            "max_cosine_drop": settings.quantize_max_cosine_drop,
+            "fast_preprocessing": settings.fast_preprocessing,
+        }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def files_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as file:
+            digest.update(hashlib.file_digest(file, "sha256").digest())
+    return digest.hexdigest()
+
+
+def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> ExportInfo:
+    """Convert (and, for int8, quantize) the model in `folder` into the export folder `out`."""
+    import openvino as ov
+
+    started = time.perf_counter()
+    model, info = _convert(folder, model_id, settings)
+    if settings.quantize == QuantizeSetting.INT8:
+        model, info = _quantize(model, info, folder, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    # compress_to_fp16 would halve the file and round every weight to float16: keep float32.
+    ov.save_model(model, out / "model.xml", compress_to_fp16=False)
+    for name in _COPIED_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+    (out / EXPORT_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    log.info(
+        "converted %s for OpenVINO (%s, %s pooling outputs) in %.1f s",
+        model_id, info.precision, "/".join(info.poolings), time.perf_counter() - started,
+    )  # fmt: skip
+    return info
+
+
+def _convert(folder: Path, model_id: str, settings: Settings):
+    import openvino as ov
+    import torch
+
+    from app.embedding.loader import load_model
+    from app.embedding.pooled_graph import PooledOutputs, resolve_adapter
+    from app.embedding.preprocess import make_preprocessor
+
+    loaded = load_model(ModelSource(str(folder), model_id, str(folder)), torch.device("cpu"), torch.float32)
+    preprocessor = make_preprocessor(loaded.processor, allow_fast=settings.fast_preprocessing)
+    probe = torch.from_numpy(preprocessor(_probe_image()))[None]
+    adapter = resolve_adapter(loaded, probe)
+    graph = PooledOutputs(loaded.model, adapter).eval()
+    with torch.no_grad():
+        embedding_dim = int(graph(probe)[0].shape[-1])
+        model = ov.convert_model(graph, example_input=probe, input=[ov.PartialShape([-1, *probe.shape[1:]])])
+    for output, strategy in zip(model.outputs, adapter.supported, strict=True):
+        output.get_tensor().set_names({strategy.value})
+    info = ExportInfo(
+        model_id=model_id,
+        model_type=loaded.config.model_type,
+        family=adapter.name,
+        poolings=[p.value for p in adapter.supported],
+        default_pooling=adapter.default.value,
+        embedding_dim=embedding_dim,
+        input_shape=list(probe.shape[1:]),
+        precision="float32",
+    )
+    del loaded, graph
+    gc.collect()  # the torch weights are not needed once converted
+    return model, info
+
+
+def _quantize(model, info: ExportInfo, folder: Path, settings: Settings):
+    from transformers import AutoImageProcessor
+
+    from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES
+    from app.embedding.preprocess import make_preprocessor
+    from app.embedding.quantization import load_calibration_images, quantize_int8
+
+    images = load_calibration_images(settings.calibration_dir)
+    preprocessor = make_preprocessor(
+        AutoImageProcessor.from_pretrained(folder), allow_fast=settings.fast_preprocessing
+    )
+    transformer = info.family != "feature_map" and info.model_type not in CONVOLUTIONAL_MODEL_TYPES
+    started = time.perf_counter()
+    quantized, fidelity = quantize_int8(
+        model,
+        [preprocessor(image) for image in images],
+        info.default_pooling,
+        transformer,
+        settings.quantize_max_cosine_drop,
+    )
+    log.info(
+        "quantized %s to int8 from %d calibration images in %.1f s; on the %d held out: %s",
+        info.model_id, len(images), time.perf_counter() - started, fidelity.images, fidelity.summary(),
+    )  # fmt: skip
+    info = replace(info, precision="int8", fidelity=fidelity.as_dict())
+    return quantized, info
+
+
+def _probe_image():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (128, 128, 128))

@@ -1,0 +1,64 @@
+"""The text half of a CLIP or SigLIP model: its own tokenizer, as the model was trained,
+and `get_text_features` (CLIP: the projected EOS token; SigLIP: its pooled head), so that
+text and image embeddings from one server share the model's joint space.
+
+Every text is padded to the model's maximum length (CLIP 77, SigLIP 64): SigLIP was
+trained that way (a shorter padding changes its embeddings), CLIP's causal mask and
+attention mask make padding irrelevant to its result, and one fixed shape lets texts from
+different requests share a forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TEXT_FAMILIES = ("clip", "siglip")
+
+
+@dataclass(frozen=True)
+class TokenizedTexts:
+    tokens: np.ndarray  # int64 [n, 2, max_length]: input ids, attention mask
+    truncated: int  # texts longer than max_length, cut to it
+    token_counts: list[int]  # tokens of each text, as the model sees it (special tokens included)
+
+
+class TextTower:
+    def __init__(self, model: torch.nn.Module, tokenizer, family: str):
+        self.model = model  # the full CLIPModel / SiglipModel (its vision half serves images)
+        self.tokenizer = tokenizer
+        self.family = family
+        self.max_length = int(model.config.text_config.max_position_embeddings)
+        # SigLIP is trained without an attention mask (padding tokens are attended to).
+        self.use_attention_mask = family == "clip"
+
+    def tokenize(self, texts: list[str]) -> TokenizedTexts:
+        """Off the model thread: tokenizers is thread-safe and runs no torch op."""
+        # verbose=False: a text over the maximum is expected here (counted, then truncated).
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+        encoded = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        tokens = np.stack([encoded["input_ids"], encoded["attention_mask"]], axis=1).astype(np.int64)
+        truncated = sum(length > self.max_length for length in lengths)
+        return TokenizedTexts(tokens, truncated, [min(n, self.max_length) for n in lengths])
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[n, D] text features (unnormalised) of [n, 2, L] tokens, on the model's device."""
+        ids, mask = tokens[:, 0], tokens[:, 1]
+        with torch.inference_mode():
+            features = self.model.get_text_features(
+                input_ids=ids, attention_mask=mask if self.use_attention_mask else None
+            )
+        return features.pooler_output
+
+
+def load_tokenizer(location: str):
+    """The folder's tokenizer, or None when it has none (an image-only folder)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError, ImportError, TypeError):
+        return None

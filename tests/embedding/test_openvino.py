@@ -1,0 +1,247 @@
+"""RUNTIME=openvino: every family and pooling gives torch's float32 embeddings; the converted
+model is cached and reused; int8 passes the fidelity gate on the real MobileNetV2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.embedding.backend import load_backend
+from app.embedding.fidelity import compare
+from app.embedding.openvino_backend import OpenVinoBackend
+from app.settings import Settings
+from tests.support import photo
+from tests.tiny_models import FAMILIES
+
+# float32 in both runtimes: only the order of float operations differs (measured on the tiny
+# models: largest difference 2e-6 on values of order 1).
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def images():
+    cat = photo("chelsea")
+    return [cat, photo("coffee"), cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((90, 60))]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("openvino-cache")
+
+
+def settings(model, cache, **overrides) -> Settings:
+    values = dict(model_id=str(model), model_dir="/nonexistent", model_cache_dir=cache, device="cpu",
+                  max_batch_size=4)  # fmt: skip
+    return Settings(**(values | overrides))
+
+
+def messages(caplog) -> list[str]:
+    """The first word of each export log line: converted or reusing."""
+    return [
+        record.getMessage().split()[0]
+        for record in caplog.records
+        if record.name == "app.embedding.openvino_export"
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_and_pooling_gives_torchs_embeddings(family, tiny_models, images, cache):
+    torch_backend = load_backend(settings(tiny_models[family], cache))
+    openvino = load_backend(settings(tiny_models[family], cache, runtime="openvino"))
+    assert isinstance(openvino, OpenVinoBackend)
+    assert openvino.supported_poolings == torch_backend.supported_poolings
+    assert openvino.default_pooling == torch_backend.default_pooling
+    assert openvino.embedding_dim == torch_backend.embedding_dim
+    assert openvino.describe() == {**torch_backend.describe(), "platform": "openvino", "dtype": "float32"}
+    for pooling in torch_backend.supported_poolings:
+        for normalize in (False, True):
+            expected, _ = torch_backend.embed(images, pooling, normalize)
+            got, _ = openvino.embed(images, pooling, normalize)
+            np.testing.assert_allclose(got, expected, **TOLERANCE, err_msg=f"{pooling} {normalize}")
+
+
+def test_a_batch_gives_each_request_its_own_pooling(tiny_models, images, cache):
+    from app.embedding.backend import PoolRequest
+    from app.embedding.pooling import PoolingStrategy as P
+
+    backend = load_backend(settings(tiny_models["dinov2"], cache, runtime="openvino"))
+    pixels = np.stack([backend.preprocessor(image) for image in images])
+    (cls_rows, mean_rows), timing = backend.embed_batch(
+        pixels, [PoolRequest(2, P.CLS, True), PoolRequest(1, P.MEAN, False)]
+    )
+    assert timing.batch_size == 3
+    np.testing.assert_allclose(cls_rows, backend.embed(images[:2], P.CLS, True)[0], **TOLERANCE)
+    np.testing.assert_allclose(mean_rows, backend.embed(images[2:], P.MEAN, False)[0], **TOLERANCE)
+
+
+def test_the_converted_model_is_cached_and_reused(tiny_models, tmp_path, caplog):
+    model = tiny_models["vit"]
+    with caplog.at_level(logging.INFO, logger="app.embedding.openvino_export"):
+        first = load_backend(settings(model, tmp_path, runtime="openvino"))
+        assert messages(caplog) == ["converted"]
+        caplog.clear()
+        second = load_backend(settings(model, tmp_path, runtime="openvino"))
+        assert messages(caplog) == ["reusing"]
+    exports = list((tmp_path / "openvino").iterdir())
+    assert len(exports) == 1 and (exports[0] / "model.bin").stat().st_size > 0
+    probe = [photo("coffee")]
+    np.testing.assert_array_equal(first.embed(probe, first.default_pooling, False)[0],
+                                  second.embed(probe, second.default_pooling, False)[0])  # fmt: skip
+    # The weights are stored in float32 (OpenVINO's save_model would otherwise halve them).
+    import transformers as tf
+
+    parameters = sum(p.numel() for p in tf.AutoModel.from_pretrained(model).parameters())
+    assert (exports[0] / "model.bin").stat().st_size >= 4 * parameters * 0.9
+    assert json.loads((exports[0] / "embedding_export.json").read_text())["precision"] == "float32"
+
+
+def test_changed_model_files_are_converted_again(tiny_models, tmp_path, caplog):
+    import shutil
+
+    model = shutil.copytree(tiny_models["convnext"], tmp_path / "model")
+    load_backend(settings(model, tmp_path, runtime="openvino"))
+    config = json.loads((model / "config.json").read_text())
+    config["layer_norm_eps"] = 1e-5  # a different model: its graph must be rebuilt
+    (model / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.INFO, logger="app.embedding.openvino_export"):
+        load_backend(settings(model, tmp_path, runtime="openvino"))
+    assert messages(caplog) == ["converted"]
+    assert len(list((tmp_path / "openvino").iterdir())) == 2
+
+
+def test_bfloat16_is_an_inference_hint_on_the_same_graph(tiny_models, images, cache):
+    backend = load_backend(settings(tiny_models["dinov2"], cache, runtime="openvino", dtype="bfloat16"))
+    assert backend.describe()["dtype"] == "bfloat16"
+    reference = load_backend(settings(tiny_models["dinov2"], cache, runtime="openvino"))
+    fidelity = compare(reference.embed(images, reference.default_pooling, True)[0],
+                       backend.embed(images, backend.default_pooling, True)[0])  # fmt: skip
+    assert fidelity.min_cosine > 0.99
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(quantize="int8"), "QUANTIZE=int8 needs RUNTIME=openvino"),
+        (dict(runtime="openvino", quantize="int8"), "QUANTIZE=int8 needs CALIBRATION_DIR"),
+        (dict(runtime="openvino", quantize="int8", calibration_dir="/nonexistent"), "is not a folder"),
+        (dict(runtime="openvino", device="cuda"), "RUNTIME=openvino runs on the CPU"),
+        (dict(runtime="openvino", compile=True), "COMPILE is torch.compile"),
+    ],
+)
+def test_impossible_runtime_settings_are_refused_at_start_up(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        Settings(model_dir="/nonexistent", **overrides)
+
+
+def test_start_up_without_calibration_images_says_what_is_missing(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "app", "--runtime", "openvino", "--quantize", "int8"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert process.returncode == 2
+    assert "QUANTIZE=int8 needs CALIBRATION_DIR" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_too_few_calibration_images_is_a_clear_error(tiny_models, tmp_path):
+    for index in range(3):
+        photo("coffee").save(tmp_path / f"{index}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"holds 3 readable images; QUANTIZE=int8 needs at least 8"):
+        load_backend(settings(tiny_models["dinov2"], tmp_path / "cache", runtime="openvino",
+                              quantize="int8", calibration_dir=tmp_path))  # fmt: skip
+
+
+def test_int8_at_start_up_is_quantized_once_and_cached(tiny_models, images, tmp_path, caplog):
+    from bench.photos import write_calibration_dir
+
+    calibration = write_calibration_dir(tmp_path / "calibration", count=16)
+    fields = dict(runtime="openvino", quantize="int8", calibration_dir=calibration)
+    backend = load_backend(settings(tiny_models["dinov2"], tmp_path / "cache", **fields))
+    assert backend.describe()["dtype"] == "int8"
+    assert backend.info.fidelity["images"] == 4  # a quarter of 16 held out
+    rows, _ = backend.embed(images, backend.default_pooling, True)
+    assert rows.shape == (3, backend.embedding_dim) and np.isfinite(rows).all()
+    with caplog.at_level(logging.INFO, logger="app.embedding.openvino_export"):
+        load_backend(settings(tiny_models["dinov2"], tmp_path / "cache", **fields))
+    assert messages(caplog) == ["reusing"]
+
+
+def test_float32_openvino_keeps_the_real_models_embeddings(default_model_cache):
+    from bench.fidelity import embed_all
+    from bench.photos import evaluation_photos
+
+    base = dict(model_cache_dir=default_model_cache, model_dir="/nonexistent", device="cpu", max_batch_size=8)
+    photos = evaluation_photos()
+    fidelity = compare(embed_all(base, photos), embed_all(dict(base, runtime="openvino"), photos))
+    assert fidelity.images == 32 and fidelity.neighbours_kept == 32
+    assert fidelity.min_cosine >= 0.99999
+
+
+def test_int8_passes_the_fidelity_gate_on_the_real_model(default_model_cache, tmp_path):
+    """`python -m app.quantize` on the real MobileNetV2, calibrated on photos that the gate's
+    photos are not among; then served from its folder."""
+    from bench.fidelity import embed_all
+    from bench.photos import evaluation_photos, write_calibration_dir
+
+    calibration = write_calibration_dir(tmp_path / "calibration")
+    out = tmp_path / "int8"
+    process = subprocess.run(
+        [sys.executable, "-m", "app.quantize", "--images", str(calibration), "--out", str(out),
+         "--cache", str(default_model_cache)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = json.loads(next(line for line in process.stdout.splitlines() if line.startswith("{")))
+    assert report["fidelity"]["images"] == 24 and report["fidelity"]["min_cosine"] >= 0.99
+    assert f"RUNTIME=openvino MODEL_ID={out}" in process.stdout
+
+    photos = evaluation_photos()
+    base = dict(model_cache_dir=default_model_cache, model_dir="/nonexistent", device="cpu", max_batch_size=8)
+    reference = embed_all(base, photos)
+    fidelity = compare(reference, embed_all(dict(base, model_id=str(out), runtime="openvino"), photos))
+    # Measured: min cosine 0.99x, every neighbour kept (README, "int8").
+    assert fidelity.neighbours_kept == fidelity.images == 32
+    assert fidelity.min_cosine >= 0.99
+
+
+def test_the_server_answers_with_openvino_as_it_does_with_torch(tiny_models, tmp_path):
+    import httpx
+
+    from tests.support import data_uri, embeddings_of, encode, image_request, run_server, server_settings
+
+    request = image_request([data_uri(encode(photo("coffee"))), data_uri(encode(photo("rocket")))],
+                            pooling_strategy="mean", normalize="true")  # fmt: skip
+    answers = {}
+    for runtime in ("torch", "openvino"):
+        config = server_settings(tiny_models["siglip"], tmp_path, runtime=runtime, model_cache_dir=tmp_path / "c")
+        with run_server(config) as server:
+            metadata = httpx.get(f"{server.url}/v2/models/{server.model}", timeout=30).json()
+            assert metadata["platform"] == ("openvino" if runtime == "openvino" else "pytorch_transformers")
+            response = httpx.post(server.infer_url(), json=request, timeout=60)
+            assert response.status_code == 200, response.text
+            answers[runtime] = embeddings_of(response)
+    np.testing.assert_allclose(answers["openvino"], answers["torch"], **TOLERANCE)
+
+
+def test_an_export_folder_is_refused_by_the_torch_runtime(tiny_models, cache):
+    backend = load_backend(settings(tiny_models["resnet"], cache, runtime="openvino"))
+    with pytest.raises(ValueError, match="is an OpenVINO export: serve it with RUNTIME=openvino"):
+        load_backend(settings(backend.folder, cache))
+
+
+def test_quantize_command_refuses_a_folder_without_enough_images(tiny_models, tmp_path):
+    photo("coffee").save(tmp_path / "one.png")
+    process = subprocess.run(
+        [sys.executable, "-m", "app.quantize", "--model", str(tiny_models["vit"]), "--images", str(tmp_path),
+         "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == 2
+    assert "holds 1 readable images; QUANTIZE=int8 needs at least 8" in process.stderr
+    assert "Traceback" not in process.stderr

@@ -82,6 +82,9 @@ def test_truncation_is_counted_and_keeps_clips_end_of_text(text_models):
     assert tokenized.token_counts[1] == 77
     ids = tokenized.tokens[1, 0]
     assert ids[-1] == backend.text.tokenizer.eos_token_id  # cut to 77 with its end-of-text kept
+    # Short texts are padded only to 16 (CLIP's result does not depend on its padding: the
+    # family test above compares them with transformers padded to 77).
+    assert backend.tokenize(["a photo of a cat"]).tokens.shape == (1, 2, 16)
 
 
 def test_siglip_is_padded_to_its_trained_length(text_models):

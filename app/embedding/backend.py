@@ -92,6 +92,22 @@ class RuntimeBackend(Protocol):
         """What runs the model, for metadata and metrics: platform, family, device, dtype."""
 
 
+def embed_images(
+    backend: RuntimeBackend, images: list[Image.Image], strategy: PoolingStrategy, normalize: bool
+) -> tuple[np.ndarray, list[ExecutionTiming]]:
+    """[N, D] float32 embeddings of PIL images through `backend`, max_batch_size per forward
+    pass, without a batcher (tools, benchmarks and tests)."""
+    backend.check_pooling(strategy)
+    pieces, timings = [], []
+    for start in range(0, len(images), backend.max_batch_size):
+        chunk = images[start : start + backend.max_batch_size]
+        pixels = np.stack([backend.preprocessor(image) for image in chunk])
+        [rows], timing = backend.embed_batch(pixels, [PoolRequest(len(chunk), strategy, normalize)])
+        pieces.append(rows)
+        timings.append(timing)
+    return np.concatenate(pieces, axis=0), timings
+
+
 def load_backend(settings: Settings) -> RuntimeBackend:
     """The backend the settings ask for, loaded and warmed up. The runtime is imported
     here, not at module level: the serving side stays importable without it."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.embedding.backend import IMAGE, TEXT, ExecutionTiming, PoolRequest
+from app.embedding.backend import IMAGE, TEXT, ExecutionTiming, PoolRequest, embed_images
 from app.embedding.device import resolve_device, resolve_dtype
 from app.embedding.execution import ExecutionOptions, configure_threads, prepare_model
 from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES, FamilyAdapter, generic_adapter
@@ -182,15 +182,7 @@ class Embedder:
         self, images: list[Image.Image], strategy: PoolingStrategy, normalize: bool
     ) -> tuple[np.ndarray, list[ExecutionTiming]]:
         """[N, D] float32 embeddings of PIL images, max_batch_size per forward pass (no batcher)."""
-        self.check_pooling(strategy)
-        pieces, timings = [], []
-        for start in range(0, len(images), self.max_batch_size):
-            chunk = images[start : start + self.max_batch_size]
-            pixels = np.stack([self.preprocessor(image) for image in chunk])
-            [rows], timing = self.embed_batch(pixels, [PoolRequest(len(chunk), strategy, normalize)])
-            pieces.append(rows)
-            timings.append(timing)
-        return np.concatenate(pieces, axis=0), timings
+        return embed_images(self, images, strategy, normalize)
 
 
 def _split_rows(pooled: list[torch.Tensor], requests: list[PoolRequest]) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from app.cpus import usable_cpus
-from app.embedding.backend import IMAGE, ExecutionTiming, PoolRequest
+from app.embedding.backend import IMAGE, ExecutionTiming, PoolRequest, embed_images
 from app.embedding.fidelity import l2_normalised
 from app.embedding.loader import resolve_source
 from app.embedding.openvino_export import ExportInfo, ensure_export
@@ -148,12 +148,4 @@ class OpenVinoBackend:
         self, images, strategy: PoolingStrategy, normalize: bool
     ) -> tuple[np.ndarray, list[ExecutionTiming]]:
         """[N, D] float32 embeddings of PIL images, max_batch_size per forward pass (no batcher)."""
-        self.check_pooling(strategy)
-        pieces, timings = [], []
-        for start in range(0, len(images), self.max_batch_size):
-            chunk = images[start : start + self.max_batch_size]
-            pixels = np.stack([self.preprocessor(image) for image in chunk])
-            [rows], timing = self.embed_batch(pixels, [PoolRequest(len(chunk), strategy, normalize)])
-            pieces.append(rows)
-            timings.append(timing)
-        return np.concatenate(pieces, axis=0), timings
+        return embed_images(self, images, strategy, normalize)

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from app.embedding.file_digest import folder_digest
 from app.embedding.loader import ModelSource
 from app.settings import QuantizeSetting, Settings
 
@@ -98,7 +99,7 @@ def export_key(folder: Path, settings: Settings) -> str:
     material = {
         "graph": GRAPH_VERSION,
         "openvino": openvino.__version__,
-        "files": files_digest(folder),
+        "files": folder_digest(folder),
         "precision": settings.quantize.value,
         # Known families' pooling outputs; other families' come from the files (a probe forward).
         "poolings": [p.value for p in adapter.supported] if adapter is not None else "probed",
@@ -106,24 +107,13 @@ def export_key(folder: Path, settings: Settings) -> str:
     if settings.quantize == QuantizeSetting.INT8:
         import nncf
 
-        from app.embedding.quantization import calibration_digest
-
         material |= {
             "nncf": nncf.__version__,
-            "calibration": calibration_digest(settings.calibration_dir),
+            "calibration": folder_digest(settings.calibration_dir),
             "max_cosine_drop": settings.quantize_max_cosine_drop,
             "fast_preprocessing": settings.fast_preprocessing,
         }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-
-
-def files_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as file:
-            digest.update(hashlib.file_digest(file, "sha256").digest())
-    return digest.hexdigest()
 
 
 def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> ExportInfo:

@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -151,7 +152,10 @@ def _convert(folder: Path, model_id: str, settings: Settings):
     probe = torch.from_numpy(preprocessor(_probe_image()))[None]
     adapter = resolve_adapter(loaded, probe)
     graph = PooledOutputs(loaded.model, adapter).eval()
-    with torch.no_grad():
+    # The tracer warns where a shape becomes a constant (padding from the input's height and
+    # width, a pooled output's size): the image size is fixed by the processor and the batch
+    # stays dynamic, so those constants hold for every request (tests compare each family).
+    with torch.no_grad(), warnings.catch_warnings(action="ignore", category=torch.jit.TracerWarning):
         embedding_dim = int(graph(probe)[0].shape[-1])
         model = ov.convert_model(graph, example_input=probe, input=[ov.PartialShape([-1, *probe.shape[1:]])])
     for output, strategy in zip(model.outputs, adapter.supported, strict=True):

@@ -19,11 +19,12 @@ from app.api.body import PARSE_ON_LOOP_BYTES, read_body
 from app.api.dependencies import get_body_budget, get_models
 from app.api.responses import JSONBytesResponse
 from app.embedding.backend import IMAGE, TEXT
-from app.errors import BadRequest, PayloadTooLarge, ServiceError
+from app.errors import PayloadTooLarge, ServiceError
 from app.inference.budgets import ByteBudget, Reservation
 from app.inference.registry import ModelRegistry
 from app.protocol.codec import RequestLimits
-from app.protocol.encoding import decode_content
+from app.protocol.encoding import decode_content, is_encoded
+from app.protocol.spec import check_text_length
 
 router = APIRouter(tags=["openai"])
 
@@ -186,7 +187,7 @@ async def _parse(body: bytes, encoding: str | None, limits: RequestLimits) -> Em
             where = ".".join(str(p) for p in loc) or None
             raise OpenAIError(400, f"invalid request: {where or 'body'}: {error['msg']}", where) from None
 
-    if len(body) <= PARSE_ON_LOOP_BYTES and not encoding:
+    if len(body) <= PARSE_ON_LOOP_BYTES and not is_encoded(encoding):
         return parse()
     return await asyncio.to_thread(parse)
 
@@ -200,11 +201,7 @@ def _check_items(items: list[str], modality: str, limits: RequestLimits) -> None
         raise PayloadTooLarge(f"input has {len(items)} items, over the limit of {limit} {what}")
     if modality == TEXT:
         for index, text in enumerate(items):
-            if len(text) > limits.max_text_chars:
-                raise BadRequest(
-                    f"input[{index}] has {len(text)} characters, over the limit of "
-                    f"{limits.max_text_chars} (MAX_TEXT_CHARS)"
-                )
+            check_text_length(text, limits.max_text_chars, f"input[{index}]")
 
 
 def _encode(row: np.ndarray, encoding_format: str):

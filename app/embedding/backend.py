@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from app.embedding.fidelity import l2_normalised
 from app.embedding.pooling import PoolingStrategy
 from app.settings import Settings
 
@@ -90,6 +91,17 @@ class RuntimeBackend(Protocol):
 
     def describe(self) -> dict[str, str]:
         """What runs the model, for metadata and metrics: platform, family, device, dtype."""
+
+
+def split_rows(pooled: list[np.ndarray], requests: list[PoolRequest]) -> list[np.ndarray]:
+    """Each request's rows of the batch, from `pooled[i]` (the batch pooled its way for
+    `requests[i]`), L2-normalised if it asked."""
+    results, row = [], 0
+    for rows, request in zip(pooled, requests, strict=True):
+        rows = rows[row : row + request.count]
+        results.append(l2_normalised(rows) if request.normalize else rows)
+        row += request.count
+    return results
 
 
 def embed_images(

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.embedding.backend import IMAGE, TEXT, ExecutionTiming, PoolRequest, embed_images
+from app.embedding.backend import IMAGE, TEXT, ExecutionTiming, PoolRequest, embed_images, split_rows
 from app.embedding.device import resolve_device, resolve_dtype
 from app.embedding.execution import ExecutionOptions, configure_threads, prepare_model
 from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES, FamilyAdapter, generic_adapter
 from app.embedding.loader import LoadedModel, load_model, resolve_source
 from app.embedding.openvino_export import is_export
 from app.embedding.pooling import PoolingStrategy, check_supported
-from app.embedding.preprocess import make_preprocessor
+from app.embedding.preprocess import make_preprocessor, probe_image
 from app.embedding.text_tower import TokenizedTexts
 from app.errors import BadRequest
 from app.settings import Settings
@@ -46,7 +46,7 @@ class Embedder:
         self.modalities = (IMAGE, TEXT) if self.text is not None else (IMAGE,)
         self.forward_model = prepare_model(loaded.model, options)
         # One eager forward tells the input and embedding sizes and, for unknown families, the rule.
-        probe = torch.from_numpy(self.preprocessor(Image.new("RGB", (64, 64), (128, 128, 128))))
+        probe = torch.from_numpy(self.preprocessor(probe_image()))
         self.input_shape = tuple(probe.shape)
         outputs = self._forward(probe.unsqueeze(0), self.model)
         self.adapter: FamilyAdapter = loaded.adapter or generic_adapter(outputs.last_hidden_state)
@@ -161,10 +161,10 @@ class Embedder:
         t2 = time.perf_counter_ns()
         with torch.inference_mode():
             pooled = {
-                strategy: self.adapter.pool(outputs, strategy)[:batch].float().cpu()
+                strategy: self.adapter.pool(outputs, strategy)[:batch].float().cpu().numpy()
                 for strategy in {r.strategy for r in requests}
             }
-        results = _split_rows([pooled[r.strategy] for r in requests], requests)
+        results = split_rows([pooled[r.strategy] for r in requests], requests)
         return results, ExecutionTiming(batch, t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
     def _embed_texts(self, tokens: np.ndarray, requests: list[PoolRequest]):
@@ -174,8 +174,8 @@ class Embedder:
         features = self.text.embed(tokens)
         t2 = time.perf_counter_ns()
         with torch.inference_mode():
-            features = features.float().cpu()
-        results = _split_rows([features] * len(requests), requests)
+            features = features.float().cpu().numpy()
+        results = split_rows([features] * len(requests), requests)
         return results, ExecutionTiming(tokens.shape[0], t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
     def embed(
@@ -183,18 +183,6 @@ class Embedder:
     ) -> tuple[np.ndarray, list[ExecutionTiming]]:
         """[N, D] float32 embeddings of PIL images, max_batch_size per forward pass (no batcher)."""
         return embed_images(self, images, strategy, normalize)
-
-
-def _split_rows(pooled: list[torch.Tensor], requests: list[PoolRequest]) -> list[np.ndarray]:
-    """Each request's rows of its own pooled batch, normalised if it asked."""
-    results, row = [], 0
-    for rows, request in zip(pooled, requests, strict=True):
-        rows = rows[row : row + request.count]
-        if request.normalize:
-            rows = torch.nn.functional.normalize(rows, p=2, dim=-1)
-        results.append(rows.numpy())
-        row += request.count
-    return results
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

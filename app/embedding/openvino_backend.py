@@ -15,8 +15,7 @@ import time
 import numpy as np
 
 from app.cpus import usable_cpus
-from app.embedding.backend import IMAGE, ExecutionTiming, PoolRequest, embed_images
-from app.embedding.fidelity import l2_normalised
+from app.embedding.backend import IMAGE, ExecutionTiming, PoolRequest, embed_images, split_rows
 from app.embedding.loader import resolve_source
 from app.embedding.openvino_export import ExportInfo, ensure_export
 from app.embedding.pooling import PoolingStrategy, check_supported
@@ -29,6 +28,8 @@ PLATFORM = "openvino"
 
 
 class OpenVinoBackend:
+    modalities = (IMAGE,)  # the exported graph is the image tower only
+
     def __init__(self, folder, info: ExportInfo, settings: Settings):
         import openvino as ov
         from transformers import AutoImageProcessor
@@ -88,8 +89,6 @@ class OpenVinoBackend:
             request.infer({0: pixels})
             self._requests.put(request)
 
-    modalities = (IMAGE,)
-
     def check_text(self) -> None:
         raise BadRequest(
             f"model {self.model_id} runs on RUNTIME=openvino, which serves image embeddings only; "
@@ -133,15 +132,12 @@ class OpenVinoBackend:
         try:
             # share_inputs: no copy of the batch; outputs are copied out of the request.
             outputs = request.infer({0: pixels}, share_inputs=True)
+            # infer() copies its outputs, so the rows stay valid after the request is reused.
             pooled = {s: outputs[s.value] for s in {r.strategy for r in requests}}
         finally:
             self._requests.put(request)
         t2 = time.perf_counter_ns()
-        results, row = [], 0
-        for pool in requests:
-            rows = pooled[pool.strategy][row : row + pool.count]
-            results.append(l2_normalised(rows) if pool.normalize else np.array(rows, dtype=np.float32))
-            row += pool.count
+        results = split_rows([pooled[r.strategy] for r in requests], requests)
         return results, ExecutionTiming(pixels.shape[0], t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
     def embed(

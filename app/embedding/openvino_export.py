@@ -122,9 +122,9 @@ def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> 
     import openvino as ov
 
     started = time.perf_counter()
-    model, info = _convert(folder, model_id, settings)
+    model, info, preprocessor = _convert(folder, model_id, settings)
     if settings.quantize == QuantizeSetting.INT8:
-        model, info = _quantize(model, info, folder, settings)
+        model, info = _quantize(model, info, preprocessor, settings)
     out.mkdir(parents=True, exist_ok=True)
     # compress_to_fp16 would halve the file and round every weight to float16: keep float32.
     ov.save_model(model, out / "model.xml", compress_to_fp16=False)
@@ -140,16 +140,17 @@ def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> 
 
 
 def _convert(folder: Path, model_id: str, settings: Settings):
+    """(ov.Model, ExportInfo, the model's image preprocessor)."""
     import openvino as ov
     import torch
 
     from app.embedding.loader import load_model
     from app.embedding.pooled_graph import PooledOutputs, resolve_adapter
-    from app.embedding.preprocess import make_preprocessor
+    from app.embedding.preprocess import make_preprocessor, probe_image
 
     loaded = load_model(ModelSource(str(folder), model_id, str(folder)), torch.device("cpu"), torch.float32)
     preprocessor = make_preprocessor(loaded.processor, allow_fast=settings.fast_preprocessing)
-    probe = torch.from_numpy(preprocessor(_probe_image()))[None]
+    probe = torch.from_numpy(preprocessor(probe_image()))[None]
     adapter = resolve_adapter(loaded, probe)
     graph = PooledOutputs(loaded.model, adapter).eval()
     # The tracer warns where a shape becomes a constant (padding from the input's height and
@@ -172,20 +173,14 @@ def _convert(folder: Path, model_id: str, settings: Settings):
     )
     del loaded, graph
     gc.collect()  # the torch weights are not needed once converted
-    return model, info
+    return model, info, preprocessor
 
 
-def _quantize(model, info: ExportInfo, folder: Path, settings: Settings):
-    from transformers import AutoImageProcessor
-
+def _quantize(model, info: ExportInfo, preprocessor, settings: Settings):
     from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES
-    from app.embedding.preprocess import make_preprocessor
     from app.embedding.quantization import load_calibration_images, quantize_int8
 
     images = load_calibration_images(settings.calibration_dir)
-    preprocessor = make_preprocessor(
-        AutoImageProcessor.from_pretrained(folder), allow_fast=settings.fast_preprocessing
-    )
     transformer = info.family != "feature_map" and info.model_type not in CONVOLUTIONAL_MODEL_TYPES
     started = time.perf_counter()
     quantized, fidelity = quantize_int8(
@@ -201,9 +196,3 @@ def _quantize(model, info: ExportInfo, folder: Path, settings: Settings):
     )  # fmt: skip
     info = replace(info, precision="int8", fidelity=fidelity.as_dict())
     return quantized, info
-
-
-def _probe_image():
-    from PIL import Image
-
-    return Image.new("RGB", (64, 64), (128, 128, 128))

@@ -95,6 +95,11 @@ class FastPreprocessor(Preprocessor):
         return chw
 
 
+def probe_image() -> Image.Image:
+    """A plain grey image: one forward of it tells a model's input and output sizes."""
+    return Image.new("RGB", (64, 64), (128, 128, 128))
+
+
 def make_preprocessor(processor, allow_fast: bool = True) -> Preprocessor:
     if allow_fast:
         plan = _fast_plan(processor)

@@ -37,8 +37,8 @@ class RequestLimits:
     max_request_bytes: int  # after decompression
     max_inflation_ratio: float
     max_images: int
-    max_texts: int = 64
-    max_text_chars: int = 2048
+    max_texts: int
+    max_text_chars: int
 
     @classmethod
     def from_settings(cls, settings) -> RequestLimits:

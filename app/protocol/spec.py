@@ -12,8 +12,8 @@ IMAGE_INPUT = "image"
 TEXT_INPUT = "text"
 OUTPUT_JSON = "output"
 OUTPUT_RAW = "raw_embeddings"
-KNOWN_INPUTS = (IMAGE_INPUT, TEXT_INPUT, "pooling_strategy", "normalize", "include_raw")
 FLAG_INPUTS = ("pooling_strategy", "normalize", "include_raw")
+KNOWN_INPUTS = (IMAGE_INPUT, TEXT_INPUT, *FLAG_INPUTS)
 KNOWN_OUTPUTS = (OUTPUT_JSON, OUTPUT_RAW)
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -129,13 +129,15 @@ def _texts(tensor: Tensor, limits: SizeLimits) -> list[str]:
                 raise BadRequest(f"input 'text' element {index} is not UTF-8 text") from None
         if not isinstance(value, str):
             raise BadRequest(f"input 'text' element {index} must be a string")
-        if len(value) > limits.max_text_chars:
-            raise BadRequest(
-                f"input 'text' element {index} has {len(value)} characters, over the limit of "
-                f"{limits.max_text_chars} (MAX_TEXT_CHARS)"
-            )
+        check_text_length(value, limits.max_text_chars, f"input 'text' element {index}")
         texts.append(value)
     return texts
+
+
+def check_text_length(text: str, max_chars: int, where: str) -> None:
+    """400 naming the element (`where`) when a text is over MAX_TEXT_CHARS."""
+    if len(text) > max_chars:
+        raise BadRequest(f"{where} has {len(text)} characters, over the limit of {max_chars} (MAX_TEXT_CHARS)")
 
 
 def choose_outputs(parsed: ParsedRequest, include_raw: bool) -> list[OutputChoice]:

@@ -59,15 +59,22 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from app.inference.model_configs import RepositoryError, model_configs
     from app.logs import configure_logging
+    from app.shutdown import SHUTDOWN_GRACE_S
 
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        configs = model_configs(settings)
+    except RepositoryError as exc:
+        sys.stderr.write(f"invalid model repository: {exc}\n")
+        raise SystemExit(2) from None
     common = dict(
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     if settings.workers > 1:
         # Each worker process loads its own model copy and batcher (small models: two
@@ -76,8 +83,21 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(
             "app.server:create_app_from_environment", factory=True, workers=settings.workers, **common
         )
+    elif len(configs) > 1:
+        serve_models(settings, common)
     else:
         serve_with_model_on_main_thread(settings, common)
+
+
+def serve_models(settings: Settings, uvicorn_options: dict) -> None:
+    """Several models: HTTP on the main thread, each model's loop on a thread of its own."""
+    import uvicorn
+
+    from app.server import create_app
+    from app.shutdown import DrainingServer
+
+    app = create_app(settings)
+    DrainingServer(uvicorn.Config(app, **uvicorn_options), app.state.models, settings.shutdown_drain_s).run()
 
 
 def serve_with_model_on_main_thread(settings: Settings, uvicorn_options: dict) -> None:

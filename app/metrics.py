@@ -5,7 +5,7 @@ one worker per pod (the recommended layout on Kubernetes)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -22,44 +22,61 @@ class ServiceMetrics:
             "embed_http_request_duration_seconds", "HTTP request latency by route template",
             ["route"], buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.grpc_requests = Counter(
+            "embed_grpc_requests", "gRPC calls by method and status code",
+            ["method", "code"], registry=registry,
+        )  # fmt: skip
+        self.grpc_seconds = Histogram(
+            "embed_grpc_request_duration_seconds", "gRPC call latency by method",
+            ["method"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        # Per model (label `model`): a server may serve several (MODEL_REPOSITORY).
+        model = ["model"]
         self.queue_seconds = Histogram(
             "embed_queue_duration_seconds", "Time a request's images waited for a forward pass",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            model, buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.compute_seconds = Histogram(
             "embed_compute_duration_seconds", "Time of one forward pass with pooling",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            model, buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.preprocess_seconds = Histogram(
             "embed_preprocess_duration_seconds", "Time to fetch, decode and preprocess a request's images",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            model, buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "embed_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=registry
+            "embed_batch_size", "Images per forward pass", model, buckets=BATCH_BUCKETS, registry=registry
         )
-        self.images = Counter("embed_images", "Images embedded", registry=registry)
-        self.texts = Counter("embed_texts", "Texts embedded (text tower)", registry=registry)
+        self.images = Counter("embed_images", "Images embedded", model, registry=registry)
+        self.texts = Counter("embed_texts", "Texts embedded (text tower)", model, registry=registry)
         self.inferences = Counter(
-            "embed_inference_count", "Inferences (images) run by the model", registry=registry
+            "embed_inference_count", "Inferences (images) run by the model", model, registry=registry
         )
         self.executions = Counter(
             "embed_execution_count",
             "Forward passes run by the model (inference_count / execution_count = mean batch size)",
-            registry=registry,
-        )
+            model, registry=registry,
+        )  # fmt: skip
         self.images_waiting = Gauge(
-            "embed_images_waiting", "Images admitted and not yet answered", registry=registry
+            "embed_images_waiting", "Images admitted and not yet answered", model, registry=registry
         )
-        self.in_flight = Gauge("embed_requests_in_flight", "HTTP requests being served", registry=registry)
+        self.in_flight = Gauge(
+            "embed_requests_in_flight", "HTTP requests and gRPC calls being served", registry=registry
+        )
         self.load_seconds = Gauge(
-            "embed_model_load_duration_seconds", "Time to load and warm up the model", registry=registry
+            "embed_model_load_duration_seconds", "Time to load and warm up the model", model, registry=registry
         )
-        self.model = Info("embed_model", "The served model", registry=registry)
+        # Gauge rather than Info: one series per loaded model, removed when it unloads.
+        self.model = Gauge(
+            "embed_model_info", "The loaded models (value 1)",
+            ["model", "model_id", "model_type", "device", "dtype"], registry=registry,
+        )  # fmt: skip
 
-    def record_execution(self, batch_size: int, compute_ns: int, queue_ns: list[int]) -> None:
-        self.executions.inc()
-        self.inferences.inc(batch_size)
-        self.batch_size.observe(batch_size)
-        self.compute_seconds.observe(compute_ns / 1e9)
+    def record_execution(self, model: str, batch_size: int, compute_ns: int, queue_ns: list[int]) -> None:
+        self.executions.labels(model).inc()
+        self.inferences.labels(model).inc(batch_size)
+        self.batch_size.labels(model).observe(batch_size)
+        self.compute_seconds.labels(model).observe(compute_ns / 1e9)
+        queue = self.queue_seconds.labels(model)
         for ns in queue_ns:
-            self.queue_seconds.observe(ns / 1e9)
+            queue.observe(ns / 1e9)

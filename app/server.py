@@ -1,9 +1,9 @@
-"""create_app(settings): the FastAPI app; its lifespan loads the model in the background so
-the health routes answer (not ready) while it loads."""
+"""create_app(settings): the FastAPI app; its lifespan starts the V2 gRPC server in the same
+event loop and loads the models in the background, so the health routes answer (not ready)
+while they load."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -12,14 +12,17 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.api import health, models, openai
+from app.api import health, models, openai, repository
 from app.api import metrics as metrics_route
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObservabilityMiddleware
+from app.dataplane import DataPlane
+from app.grpc_api.server import start_grpc_server
 from app.images.decode import set_pillow_pixel_limit
 from app.images.fetch import ImageFetcher, Resolver, system_resolver
 from app.images.url_policy import UrlPolicy
 from app.inference.budgets import ByteBudget
+from app.inference.model_configs import model_configs
 from app.inference.model_thread import ModelHost
 from app.inference.preparation import ImagePreparer
 from app.inference.registry import ModelRegistry
@@ -28,6 +31,7 @@ from app.logs import configure_logging
 from app.metrics import ServiceMetrics
 from app.protocol.schema import InferRequest
 from app.settings import Settings
+from app.shutdown import SHUTDOWN_GRACE_S
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,8 @@ def create_app(
     settings: Settings, resolver: Resolver = system_resolver, model_host: ModelHost | None = None
 ) -> FastAPI:
     """The app; `resolver` turns image URL hosts into addresses (tests pass their own);
-    `model_host` decides which thread runs the model (default: a thread of its own)."""
+    `model_host` decides which thread runs the model (default: a thread of its own; several
+    models always get a thread each). Raises RepositoryError for a bad MODEL_REPOSITORY."""
     set_pillow_pixel_limit(settings.max_image_pixels)
     fetcher = ImageFetcher(
         settings.fetch_timeout_s,
@@ -48,17 +53,32 @@ def create_app(
     metrics = ServiceMetrics()
     # One decoding pool and pixel budget for every model: the memory bound is the process's.
     preparer = ImagePreparer(settings, fetcher)
-    registry = ModelRegistry([ServedModel(settings, preparer, metrics, model_host)])
+    configs = model_configs(settings)
+    if len(configs) > 1:
+        model_host = None  # one thread each: the main thread runs one model loop at a time
+    registry = ModelRegistry(
+        [ServedModel(c.settings, preparer, metrics, model_host, load_at_startup=c.load_at_startup) for c in configs],
+        max_loaded=settings.max_loaded_models,
+        ttl_s=settings.model_ttl_s,
+    )
+    body_budget = ByteBudget(
+        settings.max_request_bytes_in_flight, "request bodies", "MAX_REQUEST_BYTES_IN_FLIGHT"
+    )
+    plane = DataPlane(settings, registry, body_budget)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         names = ", ".join(f"'{model.name}'" for model in registry)
         log.info("starting: serving model %s on %s:%d", names, settings.host, settings.port)
-        loading = asyncio.create_task(registry.load_all())
+        grpc_server = await start_grpc_server(settings, plane, metrics) if settings.grpc_port else None
+        loading = registry.start()
         try:
             yield
         finally:
             log.info("shutting down")
+            if grpc_server is not None:
+                # New calls are refused; calls in flight get the grace period to finish.
+                await grpc_server.stop(SHUTDOWN_GRACE_S)
             loading.cancel()
             await registry.close()
             preparer.close()
@@ -73,10 +93,8 @@ def create_app(
         "Protocol V2 (KServe / Triton REST).",
         lifespan=lifespan,
     )
+    app.state.plane = plane
     app.state.models = registry
-    app.state.body_budget = ByteBudget(
-        settings.max_request_bytes_in_flight, "request bodies", "MAX_REQUEST_BYTES_IN_FLIGHT"
-    )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -85,6 +103,7 @@ def create_app(
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(repository.router)
     app.include_router(openai.router)
     app.include_router(metrics_route.router)
     _document_infer_request(app)

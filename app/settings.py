@@ -95,8 +95,28 @@ class Settings(BaseSettings):
         description="throughput (several batches in flight on their own streams) or latency (one "
         "batch on every core)",
     )
+    model_repository: Path | None = Field(
+        None,
+        description="folder whose sub-folders are models (name = folder name, optional serving.json); "
+        "instead of MODEL_ID",
+    )
+    max_loaded_models: int = Field(
+        0, ge=0, le=1024, description="MODEL_REPOSITORY: most models loaded at once (0: no limit); "
+        "loading one more unloads the least recently used idle one",
+    )
+    model_ttl_s: float = Field(
+        0, ge=0, le=30 * 86400, description="unload a model idle this long; its next request "
+        "reloads it (0: never)",
+    )
     host: str = Field("0.0.0.0", description="address to listen on")
-    port: int = Field(8080, ge=1, le=65535, description="port to listen on")
+    port: int = Field(8080, ge=1, le=65535, description="port to listen on (HTTP)")
+    grpc_port: int = Field(
+        8081, ge=0, le=65535, description="V2 gRPC port (inference.GRPCInferenceService); 0: no gRPC"
+    )
+    grpc_max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=2**31 - 1,
+        description="largest gRPC message received or sent, in bytes (larger: RESOURCE_EXHAUSTED)",
+    )
     max_images_per_request: int = Field(64, ge=1, le=4096, description="images allowed in one request")
     max_texts_per_request: int = Field(
         64, ge=1, le=4096, description="texts allowed in one request (models with a text tower)"
@@ -215,6 +235,17 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_repository(self) -> Settings:
+        if self.model_repository is not None:
+            if self.model_id is not None:
+                raise ValueError("set MODEL_ID (one model) or MODEL_REPOSITORY (a folder of models), not both")
+            if not self.model_repository.is_dir():
+                raise ValueError(f"MODEL_REPOSITORY {self.model_repository} is not a folder")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"GRPC_PORT and PORT are both {self.port}: give gRPC its own port or 0")
+        return self
 
     @model_validator(mode="after")
     def _check_runtime(self) -> Settings:

@@ -8,6 +8,9 @@ import threading
 
 import uvicorn
 
+# How long in-flight requests (HTTP and gRPC) may take to finish once the listeners close.
+SHUTDOWN_GRACE_S = 30
+
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, models, drain_s: float):

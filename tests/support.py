@@ -37,6 +37,7 @@ class RunningServer:
         self.url = f"http://{LOOPBACK}:{settings.port}"
         self.host_port = f"{LOOPBACK}:{settings.port}"
         self.model = settings.served_model_name
+        self.grpc_target = f"{LOOPBACK}:{settings.grpc_port}" if settings.grpc_port else None
 
     @property
     def served(self):
@@ -91,6 +92,7 @@ def server_settings(model_path: Path | str | None, tmp_dir: Path, **overrides) -
         port=free_port(),
         device="cpu",
         allow_private_urls=True,  # the test image servers listen on 127.0.0.1
+        grpc_port=0,  # gRPC tests ask for a port of their own (grpc_port=free_port())
     )
     values.update(overrides)
     return Settings(**values)
@@ -188,7 +190,8 @@ def app_process(model_path: Path, tmp_dir: Path, *flags: str, stderr=None):
     port = free_port()
     command = [
         sys.executable, "-m", "app", "--model-id", str(model_path), "--model-dir", str(tmp_dir),
-        "--host", LOOPBACK, "--port", str(port), "--device", "cpu", "--allow-private-urls", "true", *flags,
+        "--host", LOOPBACK, "--port", str(port), "--device", "cpu", "--allow-private-urls", "true",
+        *([] if "--grpc-port" in flags else ["--grpc-port", "0"]), *flags,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     root = Path(__file__).resolve().parents[1]
@@ -210,3 +213,19 @@ def app_process(model_path: Path, tmp_dir: Path, *flags: str, stderr=None):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def kserve_calls(*args: str) -> dict:
+    """tests/conformance/kserve_calls.py (the kserve SDK's clients) in a process of its own,
+    since kserve and tritonclient.grpc cannot share one; what its calls returned."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "tests/conformance/kserve_calls.py"), *args],
+        capture_output=True, text=True, timeout=120, cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)

@@ -55,7 +55,7 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     for _, document in _documents("kubernetes/*.yaml"):
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
         kinds.add(document["kind"])
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"}
+    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim"}
 
 
 def _check_container(container: dict):
@@ -69,15 +69,19 @@ def _check_container(container: dict):
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     names = {e["name"] for e in container.get("env", [])}
     assert names - {"STORAGE_URI"} <= {n.upper() for n in Settings.model_fields}, names
-    assert container["ports"][0]["containerPort"] == 8080
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert {p["containerPort"] for p in container["ports"]} <= {8080, 8081}
+    for probe, route in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        # An HTTP probe, or (a predictor routing only gRPC) the same route asked from inside.
+        check = container[probe]
+        assert check["httpGet"]["path"] == route if "httpGet" in check else f"8080{route}'" in check["exec"]["command"][-1]
     return names
 
 
 def test_kserve_inference_services():
     documents = list(_documents("kserve/*.yaml"))
-    assert {name for name, _ in documents} == {"inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml"}
+    assert {name for name, _ in documents} == {
+        "inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml", "inferenceservice-cpu-grpc.yaml",
+    }  # fmt: skip
     for name, document in documents:
         assert (
             document["apiVersion"] == "serving.kserve.io/v1beta1" and document["kind"] == "InferenceService"
@@ -90,6 +94,10 @@ def test_kserve_inference_services():
         assert container["name"] == "kserve-container"  # KServe's name for the predictor container
         names = _check_container(container)
         assert {"STORAGE_URI", "MODEL_ID", "MODEL_NAME"} <= names  # storageUri lands in /mnt/models
+        # One routed port: HTTP on 8080, or cleartext HTTP/2 (gRPC) named h2c on GRPC_PORT.
+        [port] = container["ports"]
+        grpc = name.endswith("grpc.yaml")
+        assert (port.get("name"), port["containerPort"]) == (("h2c", 8081) if grpc else (None, 8080))
         gpu = container["resources"]["limits"].get("nvidia.com/gpu")
         assert (gpu == "1") == name.endswith("gpu.yaml")
 

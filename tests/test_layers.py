@@ -12,7 +12,9 @@ SERVING_MODULES = [
     "app.server", "app.api.models", "app.api.health", "app.api.body", "app.protocol.codec",
     "app.inference.registry", "app.inference.served_model", "app.inference.batcher",
     "app.inference.preparation", "app.embedding.backend", "app.embedding.preprocess", "app.client",
-    "app.embedding.fidelity", "app.embedding.quantization", "app.quantize",
+    "app.embedding.fidelity", "app.embedding.quantization", "app.quantize", "app.dataplane",
+    "app.api.repository", "app.api.openai", "app.inference.model_configs", "app.grpc_api.server",
+    "app.grpc_api.servicer", "app.grpc_api.codec",
 ]  # fmt: skip
 
 

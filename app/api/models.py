@@ -1,5 +1,5 @@
 """Model routes: metadata, readiness, infer and statistics, plain and versioned. Each is a
-thin adapter: the V2 codec decodes, the registry finds the model, the codec encodes."""
+thin adapter: the V2 codec decodes, the data plane runs it, the codec encodes."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app.api.body import decode_body, read_body
-from app.api.dependencies import get_body_budget, get_models
+from app.api.dependencies import get_plane
 from app.api.examples import INFER_EXAMPLES
 from app.api.responses import JSONBytesResponse
-from app.inference.budgets import ByteBudget, Reservation
-from app.inference.registry import ModelRegistry
+from app.dataplane import DataPlane
+from app.inference.budgets import Reservation
 from app.protocol.codec import RequestLimits, encode_response
-from app.protocol.codec import model_metadata as v2_model_metadata
 from app.protocol.schema import ErrorResponse, InferResponse, ModelMetadata, ModelReadyResponse
+from app.protocol.spec import EmbedRequestSpec
 from app.request_ids import safe_request_id
 
 router = APIRouter(tags=["models"])
@@ -52,54 +52,46 @@ def _route(method: str, suffix: str, **kwargs):
 
 # Before /v2/models/{model_name}, which would otherwise take "stats" for a model name.
 @router.get("/v2/models/stats", responses=ERRORS)
-async def all_model_stats(models: ModelRegistry = Depends(get_models)):
-    return JSONBytesResponse({"model_stats": [model.stats.as_dict() for model in models]})
+async def all_model_stats(plane: DataPlane = Depends(get_plane)):
+    return JSONBytesResponse({"model_stats": plane.statistics()})
 
 
 @_route("GET", "", response_model=ModelMetadata, response_model_exclude_none=True, responses=ERRORS)
 async def model_metadata(model_name: str, model_version: str | None = None,
-                         models: ModelRegistry = Depends(get_models)):  # fmt: skip
-    return ModelMetadata(**v2_model_metadata(models.get(model_name, model_version).describe()))
+                         plane: DataPlane = Depends(get_plane)):  # fmt: skip
+    return ModelMetadata(**plane.model_metadata(model_name, model_version))
 
 
 @_route("GET", "/ready", response_model=ModelReadyResponse, responses=ERRORS)
 async def model_ready(model_name: str, model_version: str | None = None,
-                      models: ModelRegistry = Depends(get_models)):  # fmt: skip
-    model = models.get(model_name, model_version)
-    return JSONBytesResponse({"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503)
+                      plane: DataPlane = Depends(get_plane)):  # fmt: skip
+    ready = plane.model_ready(model_name, model_version)
+    return JSONBytesResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
 
 
 @_route("POST", "/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_OPENAPI)
 async def infer(request: Request, model_name: str, model_version: str | None = None,
-                models: ModelRegistry = Depends(get_models),
-                body_budget: ByteBudget = Depends(get_body_budget)):  # fmt: skip
-    model = models.get(model_name, model_version)
-    model.require_ready()
-    limits = RequestLimits.from_settings(model.settings)
-    reservation = Reservation(body_budget)
-    try:
+                plane: DataPlane = Depends(get_plane)):  # fmt: skip
+    reservation = Reservation(plane.body_budget)
+
+    async def decode(limits: RequestLimits) -> EmbedRequestSpec:
         body = await read_body(request, limits.max_request_bytes, reservation)
-        with model.counting_request():
-            headers = request.headers
-            spec = await decode_body(
-                body, headers.get("content-encoding"), headers.get("inference-header-content-length"),
-                limits, reservation,
-            )  # fmt: skip
-            request.state.image_count = len(spec.images)  # for the access log
-            # A client's id only when it is safe for headers and logs; the answer says which.
-            request.state.request_id = safe_request_id(spec.request_id) or request.state.request_id
-            deadline_s = spec.timeout_us / 1e6 if spec.timeout_us else None
-            parameters = None
-            if spec.texts:
-                embeddings, tokenized = await model.embed_texts(
-                    spec.texts, spec.pooling, spec.normalize, deadline_s
-                )
-                parameters = {"texts_truncated": tokenized.truncated}
-            else:
-                embeddings = await model.embed(spec.images, spec.pooling, spec.normalize, deadline_s)
-            answer, header_length = encode_response(
-                request.state.request_id, model.name, model.model_id, embeddings, spec.outputs, parameters
-            )
+        headers = request.headers
+        spec = await decode_body(
+            body, headers.get("content-encoding"), headers.get("inference-header-content-length"),
+            limits, reservation,
+        )  # fmt: skip
+        request.state.image_count = len(spec.images)  # for the access log
+        # A client's id only when it is safe for headers and logs; the answer says which.
+        request.state.request_id = safe_request_id(spec.request_id) or request.state.request_id
+        return spec
+
+    try:
+        outcome = await plane.infer(model_name, model_version, decode)
+        answer, header_length = encode_response(
+            request.state.request_id, outcome.model_name, outcome.model_id, outcome.embeddings,
+            outcome.spec.outputs, outcome.parameters,
+        )  # fmt: skip
     finally:
         reservation.release()
     if header_length is None:
@@ -113,5 +105,5 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
 
 @_route("GET", "/stats", responses=ERRORS)
 async def model_stats(model_name: str, model_version: str | None = None,
-                      models: ModelRegistry = Depends(get_models)):  # fmt: skip
-    return JSONBytesResponse({"model_stats": [models.get(model_name, model_version).stats.as_dict()]})
+                      plane: DataPlane = Depends(get_plane)):  # fmt: skip
+    return JSONBytesResponse({"model_stats": plane.statistics(model_name, model_version)})

@@ -1,6 +1,6 @@
 """OpenAI-compatible embeddings: `POST /v1/embeddings`, and KServe's `/openai/v1/embeddings`,
 for client libraries that speak the OpenAI API (vector databases, LangChain, LlamaIndex).
-A thin adapter over the same registry and served model as the V2 route: same limits, URL
+A thin adapter over the same data plane as the V2 routes: same limits, URL
 policy, batching and deadlines. Errors on these routes only are in OpenAI's shape
 (`{"error": {"message", "type", "param", "code"}}`); embeddings are L2-normalised, as
 OpenAI's are."""
@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.body import PARSE_ON_LOOP_BYTES, read_body
-from app.api.dependencies import get_body_budget, get_models
+from app.api.dependencies import get_plane
 from app.api.responses import JSONBytesResponse
+from app.dataplane import DataPlane
 from app.embedding.backend import IMAGE, TEXT
 from app.errors import PayloadTooLarge, ServiceError
-from app.inference.budgets import ByteBudget, Reservation
-from app.inference.registry import ModelRegistry
+from app.inference.budgets import Reservation
 from app.protocol.codec import RequestLimits
 from app.protocol.encoding import decode_content, is_encoded
 from app.protocol.spec import check_text_length
@@ -99,14 +99,10 @@ def error_response(error: OpenAIError) -> JSONBytesResponse:
     return JSONBytesResponse(body, status_code=error.status_code, headers=error.headers)
 
 
-async def embeddings(
-    request: Request,
-    models: ModelRegistry = Depends(get_models),
-    body_budget: ByteBudget = Depends(get_body_budget),
-):
+async def embeddings(request: Request, plane: DataPlane = Depends(get_plane)):
     """Embed texts (a model with a text tower) or images, answered in OpenAI's shape."""
     try:
-        return await _embeddings(request, models, body_budget)
+        return await _embeddings(request, plane)
     except OpenAIError as exc:
         return error_response(exc)
     except ServiceError as exc:
@@ -131,31 +127,31 @@ for path in ("/v1/embeddings", "/openai/v1/embeddings"):
     )
 
 
-async def _embeddings(request: Request, models: ModelRegistry, body_budget: ByteBudget) -> JSONBytesResponse:
-    reservation = Reservation(body_budget)
+async def _embeddings(request: Request, plane: DataPlane) -> JSONBytesResponse:
+    reservation = Reservation(plane.body_budget)
+    limits = plane.limits
     try:
-        first = next(iter(models))
-        limits = RequestLimits.from_settings(first.settings)
         body = await read_body(request, limits.max_request_bytes, reservation)
         parsed = await _parse(body, request.headers.get("content-encoding"), limits)
-        model = models.get(parsed.model, None)
-        backend = model.require_ready()
-        modality = parsed.modality or (TEXT if TEXT in backend.modalities else IMAGE)
-        items = [parsed.input] if isinstance(parsed.input, str) else parsed.input
-        _check_items(items, modality, limits)
-        if parsed.dimensions is not None and parsed.dimensions != backend.embedding_dim:
-            raise OpenAIError(
-                400,
-                f"model '{model.name}' gives {backend.embedding_dim}-dimensional embeddings and cannot "
-                f"shorten them: omit dimensions or send {backend.embedding_dim}",
-                "dimensions",
-            )
+        model = plane.model(parsed.model)
+        plane.models.check_can_serve(model)
         with model.counting_request():
+            backend = await plane.models.acquire(model, None)
+            modality = parsed.modality or (TEXT if TEXT in backend.modalities else IMAGE)
+            items = [parsed.input] if isinstance(parsed.input, str) else parsed.input
+            _check_items(items, modality, limits)
+            if parsed.dimensions is not None and parsed.dimensions != backend.embedding_dim:
+                raise OpenAIError(
+                    400,
+                    f"model '{model.name}' gives {backend.embedding_dim}-dimensional embeddings and cannot "
+                    f"shorten them: omit dimensions or send {backend.embedding_dim}",
+                    "dimensions",
+                )
             if modality == TEXT:
-                vectors, tokenized = await model.embed_texts(items, normalize=True)
+                vectors, tokenized = await plane.embed_texts(model, items, None, normalize=True)
                 tokens = sum(tokenized.token_counts)
             else:
-                vectors, tokens = await model.embed(items, normalize=True), 0
+                vectors, tokens = await plane.embed_images(model, items, None, normalize=True), 0
     finally:
         reservation.release()
     return JSONBytesResponse(

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 
 from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
 from app.embedding.families import FamilyAdapter, adapter_for
+from app.embedding.model_folder import find_model_folder
 from app.embedding.text_tower import TEXT_FAMILIES, TextTower, load_tokenizer
 from app.settings import Settings
 
@@ -33,17 +34,6 @@ class LoadedModel:
     processor: object
     adapter: FamilyAdapter | None  # None: chosen from the first forward's output
     text: TextTower | None = None  # a full CLIP/SigLIP folder with its tokenizer
-
-
-def find_model_folder(folder: Path) -> Path | None:
-    """`folder` if it holds a model, or its single sub-folder that does (storageUri layouts)."""
-    if (folder / "config.json").is_file():
-        return folder
-    if folder.is_dir():
-        candidates = [p for p in folder.iterdir() if (p / "config.json").is_file()]
-        if len(candidates) == 1:
-            return candidates[0]
-    return None
 
 
 def resolve_source(settings: Settings) -> ModelSource:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -58,6 +59,10 @@ class ModelDescription:
 
 
 class ServedModel:
+    """One model of the repository, loaded or not: it can be loaded, unloaded and loaded
+    again (a repository load, an idle unload, an on-demand reload); its statistics and
+    metrics live across loads."""
+
     def __init__(
         self,
         settings: Settings,
@@ -65,46 +70,80 @@ class ServedModel:
         metrics: ServiceMetrics | None = None,
         model_host: ModelHost | None = None,
         loader: Callable[[Settings], RuntimeBackend] = load_backend,
+        load_at_startup: bool = True,
     ):
         self.settings = settings
         self.name = settings.served_model_name
         self.version = MODEL_VERSION
         self.preparer = preparer
         self.metrics = metrics or ServiceMetrics()
-        self.metrics.images_waiting.set_function(lambda: self.admitted_images)
         self.model_host = model_host or OwnThread()
         self.loader = loader
+        self.load_at_startup = load_at_startup
         self.backend: RuntimeBackend | None = None
         self.batcher: DynamicBatcher | None = None
         self.load_error: str | None = None
+        self.startup_failed = False  # the start-up load failed: the server is dead (registry)
         self.draining = False
         self.stats = ModelStatistics(self.name, MODEL_VERSION)
         self.admitted_images = 0  # admitted and not yet answered: the backpressure bound
+        self.in_flight = 0  # requests between model lookup and answer: an unload waits for them
+        self.last_used = time.monotonic()
+        # Why the model is not loaded, and whether a request may load it again by itself
+        # (unloaded when idle, or to make room) or must wait for a repository load.
+        self.unloaded_reason = "not loaded yet"
+        self.loads_on_demand = not load_at_startup
+        self._loading: asyncio.Task | None = None
+        self.loading_on_demand = False
+        self._unloading = False
         self._preparing = 0  # requests fetching or decoding: the batcher waits for them
         self._supervisor: asyncio.Task | None = None
+        self._waiting = self.metrics.images_waiting.labels(self.name)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def load(self) -> None:
+        """Load now (start-up or a repository load); returns when loaded or failed."""
+        await self.start_loading()
+
+    def start_loading(self, on_demand: bool = False) -> asyncio.Task:
+        """The load in progress, or a new one: concurrent callers share it."""
+        if self._loading is None or self._loading.done():
+            self.loading_on_demand = on_demand
+            self._loading = asyncio.create_task(self._load())
+        return self._loading
+
+    @property
+    def loading(self) -> bool:
+        if self._loading is None:  # a start-up model is loading from the server's first moment
+            return self.load_at_startup and self.load_error is None
+        return not self._loading.done()
+
+    @property
+    def loaded(self) -> bool:
+        return self.backend is not None
+
+    async def _load(self) -> None:
         started = time.perf_counter()
         try:
             backend = await run_in_passing_thread(lambda: self.loader(self.settings))
             if self.settings.pooling_strategy is not None:
                 backend.check_pooling(self.settings.pooling_strategy)
-        except Exception as exc:  # noqa: BLE001 - any load failure leaves the server unready
+        except Exception as exc:  # noqa: BLE001 - any load failure leaves the model unready
             # The details (paths, repo ids) go to the log only; clients are told to look there.
             self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("model failed to load: %s", self.load_error)
+            log.error("model '%s' failed to load: %s", self.name, self.load_error)
             return
-        self.metrics.load_seconds.set(time.perf_counter() - started)
+        self.load_error = None
+        self.metrics.load_seconds.labels(self.name).set(time.perf_counter() - started)
         runtime = backend.describe()
-        self.metrics.model.info(
-            {"model": self.name, "model_id": backend.model_id, "model_type": backend.model_type,
-             "device": runtime["device"], "dtype": runtime["dtype"]}
-        )  # fmt: skip
+        self._info_labels = (self.name, backend.model_id, backend.model_type, runtime["device"], runtime["dtype"])
+        self.metrics.model.labels(*self._info_labels).set(1)
         self.backend = backend
         self.batcher = self._start_batcher()
         self._supervisor = asyncio.create_task(self._supervise())
+        self.last_used = time.monotonic()
+        log.info("model '%s' loaded in %.1f s", self.name, time.perf_counter() - started)
 
     def _start_batcher(self) -> DynamicBatcher:
         # The batcher's thread runs the model, or hands up to concurrent_batches batches to
@@ -125,7 +164,7 @@ class ServedModel:
     def _record_execution(self, timing, queue_ns: list[int]) -> None:
         self.stats.record_execution(timing, queue_ns)
         self.metrics.record_execution(
-            timing.batch_size, timing.compute_infer_ns + timing.compute_output_ns, queue_ns
+            self.name, timing.batch_size, timing.compute_infer_ns + timing.compute_output_ns, queue_ns
         )
 
     async def _supervise(self) -> None:
@@ -139,6 +178,43 @@ class ServedModel:
                 log.error("inference worker died (%d queued requests failed): restarting it", failed)
                 self.batcher = self._start_batcher()
 
+    @property
+    def idle(self) -> bool:
+        """Loaded and serving no request: it can be unloaded without failing one."""
+        return self.loaded and not self._unloading and self.in_flight == 0 and self.admitted_images == 0
+
+    async def unload(self, reason: str, loads_on_demand: bool) -> None:
+        """Refuse new requests (503), let admitted ones finish, then free the model."""
+        if self._loading is not None and not self._loading.done():
+            await asyncio.shield(self._loading)
+        if not self.loaded or self._unloading:
+            self.unloaded_reason, self.loads_on_demand = reason, loads_on_demand
+            return
+        self._unloading = True
+        try:
+            deadline = time.monotonic() + self.settings.request_timeout_s
+            while (self.in_flight or self.admitted_images) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await self._stop_worker()
+            self.metrics.model.remove(*self._info_labels)
+            self.backend = None
+            self.unloaded_reason, self.loads_on_demand = reason, loads_on_demand
+            # The weights go now, not at the next collection: the next load needs the memory.
+            await asyncio.to_thread(gc.collect)
+            log.info("model '%s' unloaded: %s", self.name, reason)
+        finally:
+            self._unloading = False
+
+    async def _stop_worker(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.stop)
+            self.batcher = None
+
     def start_draining(self) -> None:
         """SIGTERM: readiness turns false and new requests get 503; in-flight ones finish."""
         if not self.draining:
@@ -146,12 +222,9 @@ class ServedModel:
         self.draining = True
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-        if self.batcher is not None:
-            await asyncio.to_thread(self.batcher.stop)
+        if self._loading is not None:
+            self._loading.cancel()
+        await self._stop_worker()
 
     @property
     def ready(self) -> bool:
@@ -160,11 +233,24 @@ class ServedModel:
             and self.batcher is not None
             and self.batcher.alive
             and not self.draining
+            and not self._unloading
         )
 
     @property
     def broken(self) -> bool:
-        return self.load_error is not None
+        return self.startup_failed and not self.loaded
+
+    def state(self) -> tuple[str, str]:
+        """The repository index's state and reason (Triton's names)."""
+        if self.loading:
+            return "LOADING", "loading"
+        if self._unloading:
+            return "UNLOADING", "unloading"
+        if self.loaded:
+            return "READY", ""
+        if self.load_error:
+            return "UNAVAILABLE", "failed to load; see the server log"
+        return "UNAVAILABLE", self.unloaded_reason
 
     def check_version(self, version: str | None) -> None:
         if version is not None and version != self.version:
@@ -174,14 +260,22 @@ class ServedModel:
 
     def require_loaded(self) -> RuntimeBackend:
         if self.backend is None:
-            state = "failed to load; see the server log" if self.load_error else "is loading"
-            raise ServiceUnavailable(f"model '{self.name}' {state}")
+            if self.loading:
+                raise Overloaded(f"model '{self.name}' is loading; retry shortly")
+            if self.load_error:
+                raise ServiceUnavailable(f"model '{self.name}' failed to load; see the server log")
+            raise ServiceUnavailable(
+                f"model '{self.name}' is not loaded ({self.unloaded_reason}); load it with "
+                f"POST /v2/repository/models/{self.name}/load"
+            )
         return self.backend
 
     def require_ready(self) -> RuntimeBackend:
         backend = self.require_loaded()
         if self.draining:
             raise ServiceUnavailable("server is shutting down; send the request to another replica")
+        if self._unloading:
+            raise ServiceUnavailable(f"model '{self.name}' is unloading")
         if not self.ready:
             raise ServiceUnavailable("inference worker is restarting; retry the request")
         return backend
@@ -219,10 +313,14 @@ class ServedModel:
         whatever stage it fails at, decoding of the request included."""
         started = time.perf_counter_ns()
         ok = False
+        self.in_flight += 1
+        self.last_used = time.monotonic()
         try:
             yield
             ok = True
         finally:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
             self.stats.record_request(ok, time.perf_counter_ns() - started)
 
     async def embed(
@@ -275,6 +373,7 @@ class ServedModel:
             )
         deadline_s = deadline_s or self.settings.request_timeout_s
         self.admitted_images += count
+        self._waiting.inc(count)
         try:
             # A request whose deadline passes while it waits is cancelled: its queued work
             # is skipped by the batcher, never computed.
@@ -285,7 +384,8 @@ class ServedModel:
             ) from None
         finally:
             self.admitted_images -= count
-        counter.inc(count)
+            self._waiting.dec(count)
+        counter.labels(self.name).inc(count)
         return result
 
     async def _embed_images(
@@ -300,5 +400,5 @@ class ServedModel:
             pixels = await self.preparer.prepare(images, backend.preprocessor)
         finally:
             self._preparing -= 1
-        self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+        self.metrics.preprocess_seconds.labels(self.name).observe(time.perf_counter() - started)
         return await self.batcher.submit(pixels, PoolRequest(len(images), pooling, normalize))

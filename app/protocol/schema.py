@@ -90,3 +90,20 @@ class ReadyResponse(BaseModel):
 class ModelReadyResponse(BaseModel):
     name: str
     ready: bool
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(False, description="true: only the models ready for inference")
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, LOADING, UNLOADING or UNAVAILABLE")
+    reason: str = Field(description="why the model is not ready; empty when it is")
+
+
+class RepositoryLoadRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    parameters: dict[str, Any] | None = None

@@ -31,7 +31,9 @@ def test_before_loading_live_but_not_ready(tiny_models, tmp_path):
     assert (ready.status_code, ready.json()) == (503, {"ready": False})
     assert (model_ready.status_code, model_ready.json()) == (503, {"name": "tiny", "ready": False})
     assert metadata.status_code == 503 and "loading" in metadata.json()["error"]
-    assert server.status_code == 200 and server.json()["extensions"] == ["binary_tensor_data", "statistics"]
+    assert server.status_code == 200 and server.json()["extensions"] == [
+        "binary_tensor_data", "statistics", "model_repository",
+    ]
 
 
 def test_after_loading(dinov2_server):

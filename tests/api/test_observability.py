@@ -42,19 +42,20 @@ def test_metrics_move_by_the_right_amounts(dinov2_server):
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("embed_images_total") == 6
-    assert delta("embed_inference_count_total") == 6
-    executions = delta("embed_execution_count_total")
-    assert 1 <= executions <= 6 and delta("embed_batch_size_count") == executions
-    assert delta("embed_batch_size_sum") == 6
+    model = {"model": dinov2_server.model}  # per-model series carry the model's name
+    assert delta("embed_images_total", **model) == 6
+    assert delta("embed_inference_count_total", **model) == 6
+    executions = delta("embed_execution_count_total", **model)
+    assert 1 <= executions <= 6 and delta("embed_batch_size_count", **model) == executions
+    assert delta("embed_batch_size_sum", **model) == 6
     assert delta("embed_http_requests_total", route=INFER, method="POST", status="200") == 3
     assert delta("embed_http_requests_total", route=INFER, method="POST", status="400") == 1
     assert delta("embed_http_request_duration_seconds_count", route=INFER) == 4
-    assert delta("embed_queue_duration_seconds_count") == 3
-    assert delta("embed_compute_duration_seconds_count") == executions
-    assert delta("embed_preprocess_duration_seconds_count") == 3
-    assert value(after, "embed_images_waiting") == 0
-    assert value(after, "embed_model_load_duration_seconds") > 0
+    assert delta("embed_queue_duration_seconds_count", **model) == 3
+    assert delta("embed_compute_duration_seconds_count", **model) == executions
+    assert delta("embed_preprocess_duration_seconds_count", **model) == 3
+    assert value(after, "embed_images_waiting", **model) == 0
+    assert value(after, "embed_model_load_duration_seconds", **model) > 0
     info = [labels for (name, labels) in after if name == "embed_model_info"]
     assert info and dict(info[0])["device"] == "cpu" and dict(info[0])["model"] == "dinov2-large"
 

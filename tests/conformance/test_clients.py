@@ -4,6 +4,7 @@ SDK. Every embedding is checked against the same image sent as plain JSON."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import numpy as np
@@ -12,7 +13,16 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from tests.support import data_uri, embeddings_of, encode, image_request, photo, run_server, server_settings
+from tests.support import (
+    data_uri,
+    embeddings_of,
+    encode,
+    image_request,
+    kserve_calls,
+    photo,
+    run_server,
+    server_settings,
+)
 
 MODEL = "dinov2-small"
 
@@ -66,7 +76,7 @@ def test_triton_health_and_metadata(server):
     assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1")
     assert not client.is_model_ready("missing")
     metadata = client.get_server_metadata()
-    assert set(metadata["extensions"]) == {"binary_tensor_data", "statistics"}
+    assert set(metadata["extensions"]) == {"binary_tensor_data", "statistics", "model_repository"}
     model = client.get_model_metadata(MODEL, "1")
     assert model["outputs"][1] == {"name": "raw_embeddings", "datatype": "FP32", "shape": [-1, 32]}
     client.close()
@@ -162,45 +172,13 @@ def test_triton_aio_client(server, files, plain_json):
     asyncio.run(go())
 
 
-def test_kserve_sdk(server, files, plain_json):
-    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
-
-    async def go():
-        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
-        try:
-            assert await client.is_server_live(server.url) and await client.is_server_ready(server.url)
-            assert await client.is_model_ready(server.url, MODEL)
-            # JSON inputs (data URIs) ...
-            image = InferInput("image", [len(files)], "BYTES")
-            image.set_data_from_numpy(
-                np.array([data_uri(f) for f in files], dtype=np.object_), binary_data=False
-            )
-            raw = InferInput("include_raw", [1], "BYTES")
-            raw.set_data_from_numpy(np.array(["true"], dtype=np.object_), binary_data=False)
-            response = await client.infer(
-                server.url, InferRequest(MODEL, [image, raw], request_id="k-1"), model_name=MODEL
-            )
-            assert response.id == "k-1"
-            by_name = {o.name: o for o in response.outputs}
-            np.testing.assert_array_equal(by_name["raw_embeddings"].as_numpy(), plain_json)
-            # ... and binary inputs (the files' own bytes).
-            binary = InferInput("image", [len(files)], "BYTES")
-            binary.set_data_from_numpy(np.array(files, dtype=np.object_), binary_data=True)
-            response = await client.infer(server.url, InferRequest(MODEL, [binary]), model_name=MODEL)
-            import json
-
-            document = response.outputs[0].as_numpy()[0]
-            document = document.decode() if isinstance(document, bytes) else document
-            np.testing.assert_array_equal(
-                np.asarray(json.loads(document)["embeddings"], np.float32), plain_json
-            )
-            with pytest.raises(httpx.HTTPStatusError, match="element 0"):
-                await client.infer(
-                    server.url,
-                    {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["@@"]}]},
-                    model_name=MODEL,
-                )
-        finally:
-            await client.close()
-
-    asyncio.run(go())
+def test_kserve_sdk(server, files, plain_json, tmp_path):
+    paths = []
+    for index, data in enumerate(files):
+        paths.append(tmp_path / f"image-{index}")
+        paths[-1].write_bytes(data)
+    calls = kserve_calls("rest", server.url, MODEL, *map(str, paths))
+    assert calls["live"] and calls["ready"] and calls["model_ready"] and calls["id"] == "k-1"
+    np.testing.assert_array_equal(np.asarray(calls["raw_embeddings"], np.float32), plain_json)
+    np.testing.assert_array_equal(np.asarray(json.loads(calls["document"])["embeddings"], np.float32), plain_json)
+    assert calls["error"][0] == 400 and "element 0" in calls["error"][1]

@@ -18,6 +18,7 @@ from tests.support import (
     app_process,
     data_uri,
     encode,
+    free_port,
     image_request,
     photo,
     run_server,
@@ -95,28 +96,48 @@ def test_a_dead_inference_worker_is_unready_then_restarted(tiny_models, tmp_path
 
 
 def test_sigterm_drains_then_exits(tiny_models, tmp_path):
+    import grpc
+
+    from app.grpc_api.v2 import grpc_service_pb2 as pb
+    from app.grpc_api.v2.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+    grpc_port = free_port()
     with app_process(
-        tiny_models["dinov2"], tmp_path, "--shutdown-drain-s", "1.5", "--log-level", "warning"
-    ) as process:
+        tiny_models["dinov2"], tmp_path, "--shutdown-drain-s", "1.5", "--log-level", "warning",
+        "--grpc-port", str(grpc_port),
+    ) as process, grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # fmt: skip
         url = process.url
-        with slow_server(2.5, GOOD) as slow:
+        stub = GRPCInferenceServiceStub(channel)
+
+        def grpc_infer(image: bytes):
+            message = pb.ModelInferRequest(model_name="dinov2")
+            message.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(image)
+            return stub.ModelInfer(message, timeout=30)
+
+        # The gRPC call outlasts the HTTP one: it is still running when uvicorn has closed.
+        with slow_server(2.5, GOOD) as slow, slow_server(4.0, GOOD) as slower:
             result = {}
-            in_flight = threading.Thread(
-                target=lambda: result.update(
-                    r=httpx.post(
-                        f"{url}/v2/models/dinov2/infer", json=image_request([f"{slow}/a.jpg"]), timeout=30
-                    )
-                )
-            )
-            in_flight.start()
+            in_flight = [
+                threading.Thread(target=lambda: result.update(r=httpx.post(
+                    f"{url}/v2/models/dinov2/infer", json=image_request([f"{slow}/a.jpg"]), timeout=30
+                ))),
+                threading.Thread(target=lambda: result.update(g=grpc_infer(f"{slower}/b.jpg".encode()))),
+            ]  # fmt: skip
+            for thread in in_flight:
+                thread.start()
             time.sleep(0.5)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             assert httpx.get(f"{url}/v2/health/ready").status_code == 503
             refused = httpx.post(f"{url}/v2/models/dinov2/infer", json=image_request([data_uri(GOOD)]))
             assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
-            in_flight.join(30)
-            assert result["r"].status_code == 200  # the in-flight request finished
+            with pytest.raises(grpc.RpcError) as caught:
+                grpc_infer(GOOD)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in caught.value.details()
+            for thread in in_flight:
+                thread.join(30)
+            assert result["r"].status_code == 200  # the in-flight requests finished
+            assert result["g"].outputs[0].name == "output"
         # uvicorn re-raises the captured SIGTERM after its graceful shutdown.
         assert process.wait(30) in (0, -signal.SIGTERM)
 
@@ -142,7 +163,7 @@ def test_body_bytes_in_flight_are_bounded(tiny_models, tmp_path):
             assert _post(server, image_request([data_uri(GOOD)])).status_code == 200  # small ones fit
         time.sleep(0.5)  # the slow client went away: its bytes are given back
         assert httpx.post(server.infer_url(), content=padded, timeout=30).status_code == 200
-        assert server.app.state.body_budget.used == 0
+        assert server.app.state.plane.body_budget.used == 0
 
 
 def test_waiting_past_the_deadline_for_the_decoding_budget_is_a_503(tiny_models, tmp_path):

@@ -1,0 +1,135 @@
+"""V2 gRPC vs V2 REST with binary tensor data, same server, same photos: images per second
+and median latency at N closed-loop clients x 1 photo each, alternating the transports
+(this machine's noise is larger than one run's differences).
+
+    python -m bench.transports [--model mobilenet-v2] [--clients 16] [--seconds 8] [--rounds 2]
+
+Both sides use the tritonclient aio clients (aiohttp for REST, one grpc.aio channel for
+gRPC), the photo's JPEG bytes as a BYTES element, binary data both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.models import prepare_model
+from bench.run import free_port, process, write_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "bench"
+
+
+async def _closed_loop(make_client, module, photos: list[bytes], clients: int, seconds: float, warmup_s=1.5):
+    client = make_client()
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
+
+    async def one(offset: int):
+        nonlocal errors
+        i = offset
+        while time.perf_counter() < stop_at:
+            tensor = module.InferInput("image", [1], "BYTES")
+            if module.__name__.endswith("http.aio"):
+                tensor.set_data_from_numpy(np.array([photos[i % len(photos)]], dtype=np.object_), binary_data=True)
+                outputs = [module.InferRequestedOutput("output", binary_data=True)]
+            else:
+                tensor.set_data_from_numpy(np.array([photos[i % len(photos)]], dtype=np.object_))
+                outputs = [module.InferRequestedOutput("output")]
+            sent = time.perf_counter()
+            try:
+                await client.infer(MODEL, [tensor], outputs=outputs)
+                ok = True
+            except Exception:  # noqa: BLE001 - counted, the load goes on
+                ok = False
+            done = time.perf_counter()
+            i += clients
+            if measure_from <= done <= stop_at:
+                if ok:
+                    latencies.append(done - sent)
+                else:
+                    errors += 1
+
+    try:
+        await asyncio.gather(*(one(k) for k in range(clients)))
+    finally:
+        await client.close()
+    return {
+        "images_per_second": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(np.asarray(latencies) * 1000, 50)) if latencies else float("nan"),
+        "errors": errors,
+    }
+
+
+def measure(transport: str, http_target: str, grpc_target: str, photos, clients: int, seconds: float) -> dict:
+    if transport == "rest":
+        import tritonclient.http.aio as module
+
+        def make():
+            return module.InferenceServerClient(http_target, conn_limit=clients)
+    else:
+        import tritonclient.grpc.aio as module
+
+        def make():
+            return module.InferenceServerClient(grpc_target)
+
+    return asyncio.run(_closed_loop(make, module, photos, clients, seconds))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mobilenet-v2")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "image-embed-bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transports.json")
+    args = parser.parse_args(argv)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
+    folder = prepare_model(args.model, args.cache)
+    size = tuple(int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        names = write_photos(Path(tmp), [size])[size]
+        photos = [(Path(tmp) / name).read_bytes() for name in names]
+    port, grpc_port = free_port(), free_port()
+    server = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", MODEL,
+              "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
+              "--model-cache-dir", str(args.cache), "--max-queue-images", "4096"]  # fmt: skip
+    rounds = []
+    with process(server, f"http://127.0.0.1:{port}/v2/health/ready", env):
+        for round_ in range(args.rounds):
+            for transport in ("rest", "grpc"):
+                result = measure(transport, f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", photos,
+                                 args.clients, args.seconds)  # fmt: skip
+                rounds.append({"round": round_ + 1, "transport": transport, **result})
+                print(json.dumps(rounds[-1]), flush=True)
+    report = {"model": args.model, "size": args.size, "clients": args.clients, "rounds": rounds}
+    for transport in ("rest", "grpc"):
+        mine = [r for r in rounds if r["transport"] == transport]
+        report[transport] = {
+            "images_per_second": [round(r["images_per_second"], 1) for r in mine],
+            "p50_ms": [round(r["p50_ms"], 1) for r in mine],
+        }
+    report["grpc_over_rest"] = [
+        round(g["images_per_second"] / r["images_per_second"], 2)
+        for r, g in zip(rounds[0::2], rounds[1::2], strict=True)
+    ]
+    print(json.dumps({k: v for k, v in report.items() if k != "rounds"}, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -89,7 +89,7 @@ class DataPlane:
         unknown or unready model costs no parsing); `deadline_s` is the transport's own deadline (a
         gRPC deadline), the request's `timeout` parameter may shorten it."""
         model = self.models.get(name, version)
-        self.models.check_can_serve(model)
+        self.check_can_serve(model)
         with model.counting_request():
             spec = await decode(self.limits)
             if spec.timeout_us:
@@ -103,6 +103,15 @@ class DataPlane:
                 embeddings = await self.embed_images(model, spec.images, spec.pooling, spec.normalize, deadline_s)
                 parameters = None
             return InferOutcome(model.name, model.model_id, spec, embeddings, parameters)
+
+    def check_can_serve(self, model: ServedModel) -> None:
+        """Before a request's body is read: 503 now when the model cannot serve it (and will
+        not by loading on demand)."""
+        self.models.check_can_serve(model)
+
+    async def ready_backend(self, model: ServedModel, deadline_s: float | None = None):
+        """The model's runtime backend once it can serve (after an on-demand load)."""
+        return await self.models.acquire(model, deadline_s)
 
     async def embed_images(
         self, model: ServedModel, images: list, pooling: PoolingStrategy | None,

@@ -81,6 +81,7 @@ def test_kserve_inference_services():
     documents = list(_documents("kserve/*.yaml"))
     assert {name for name, _ in documents} == {
         "inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml", "inferenceservice-cpu-grpc.yaml",
+        "inferenceservice-gpu-grpc.yaml",
     }  # fmt: skip
     for name, document in documents:
         assert (
@@ -99,7 +100,7 @@ def test_kserve_inference_services():
         grpc = name.endswith("grpc.yaml")
         assert (port.get("name"), port["containerPort"]) == (("h2c", 8081) if grpc else (None, 8080))
         gpu = container["resources"]["limits"].get("nvidia.com/gpu")
-        assert (gpu == "1") == name.endswith("gpu.yaml")
+        assert (gpu == "1") == ("-gpu" in name)
 
 
 def test_deployment_container():

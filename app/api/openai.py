@@ -134,9 +134,9 @@ async def _embeddings(request: Request, plane: DataPlane) -> JSONBytesResponse:
         body = await read_body(request, limits.max_request_bytes, reservation)
         parsed = await _parse(body, request.headers.get("content-encoding"), limits)
         model = plane.model(parsed.model)
-        plane.models.check_can_serve(model)
+        plane.check_can_serve(model)
         with model.counting_request():
-            backend = await plane.models.acquire(model, None)
+            backend = await plane.ready_backend(model)
             modality = parsed.modality or (TEXT if TEXT in backend.modalities else IMAGE)
             items = [parsed.input] if isinstance(parsed.input, str) else parsed.input
             _check_items(items, modality, limits)

@@ -137,10 +137,13 @@ class ModelRegistry:
             now = time.monotonic()
             for model in self:
                 if model.idle and now - model.last_used >= self.ttl_s:
-                    await model.unload(
-                        f"unloaded after {self.ttl_s:g} s idle (MODEL_TTL_S); its next request loads it again",
-                        loads_on_demand=True,
-                    )
+                    try:
+                        await model.unload(
+                            f"unloaded after {self.ttl_s:g} s idle (MODEL_TTL_S); its next request loads it again",
+                            loads_on_demand=True,
+                        )
+                    except Exception:  # noqa: BLE001 - one failed unload must not end the expiry loop
+                        log.exception("model '%s': idle unload failed", model.name)
 
     async def close(self) -> None:
         if self._expiry is not None:

@@ -165,11 +165,16 @@ def test_tritonclient_aio(server, photos, rest):
                 client.infer(MODEL, [_bytes_input([f], triton_aio)]) for f in photos[1]
             ))  # fmt: skip
             np.testing.assert_array_equal(np.concatenate([_document(r)[1] for r in results]), expected)
+            metadata = await client.get_server_metadata(as_json=True)
+            assert metadata == (await asyncio.to_thread(httpx.get, f"{server.url}/v2")).json()
             stats = await client.get_inference_statistics(MODEL, as_json=True)
             assert int(stats["model_stats"][0]["inference_count"]) >= 3
             assert (await client.get_model_repository_index(as_json=True))["models"][0]["state"] == "READY"
-            with pytest.raises(InferenceServerException, match="unknown model"):
+            with pytest.raises(InferenceServerException) as caught:
                 await client.infer("missing", [_bytes_input(photos[1][:1], triton_aio)])
+            assert caught.value.status() == "StatusCode.NOT_FOUND"
+            rest_error = await asyncio.to_thread(httpx.get, f"{server.url}/v2/models/missing")
+            assert caught.value.message() == rest_error.json()["error"]
         finally:
             await client.close()
 
@@ -188,3 +193,23 @@ def test_kserve_sdk_grpc_client(server, photos, rest, image_url):
     np.testing.assert_array_equal(np.asarray(json.loads(calls["url_document"])["embeddings"], np.float32), rest_url)
     assert calls["errors"]["unknown_model"][0] == "NOT_FOUND"
     assert calls["errors"]["bad_image"][0] == "INVALID_ARGUMENT" and "element 0" in calls["errors"]["bad_image"][1]
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_text_over_grpc_equals_text_over_rest(text_models, tmp_path, family):
+    settings = server_settings(text_models[family], tmp_path, model_name="search", grpc_port=free_port())
+    texts = ["a photo of a cat", "coins", "a photo of the cat " * 15]
+    with run_server(settings) as server:
+        rest = httpx.post(server.infer_url(), json={"inputs": [
+            {"name": "text", "shape": [3], "datatype": "BYTES", "data": texts},
+            {"name": "include_raw", "shape": [1], "datatype": "BYTES", "data": ["true"]},
+        ]}, timeout=60)  # fmt: skip
+        client = triton.InferenceServerClient(server.grpc_target)
+        try:
+            text = _bytes_input([t.encode() for t in texts], name="text")
+            result = client.infer("search", [text], outputs=[triton.InferRequestedOutput("raw_embeddings")])
+        finally:
+            client.close()
+    np.testing.assert_array_equal(result.as_numpy("raw_embeddings"), embeddings_of(rest))
+    parameters = result.get_response().parameters
+    assert parameters["texts_truncated"].int64_param == 1

@@ -8,7 +8,7 @@ status codes. No HTTP and no gRPC here."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from app import __version__
 from app.embedding.pooling import PoolingStrategy
+from app.errors import BadRequest
 from app.inference.budgets import ByteBudget
 from app.inference.registry import ModelRegistry
 from app.inference.served_model import ServedModel
@@ -31,6 +32,8 @@ SERVER_NAME = "image-embed-server"
 # the repository index/load/unload.
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
 
+# Triton's load parameters for a model config or files sent with the call.
+UNSUPPORTED_LOAD_PARAMETERS = ("config", "file:")
 # A transport's request decoding: it may read and parse its body within these limits.
 Decode = Callable[[RequestLimits], Awaitable[EmbedRequestSpec]]
 
@@ -145,7 +148,12 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         return self.models.index(ready_only)
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, parameter_names: Iterable[str] = ()) -> None:
+        """A repository load; the load parameters this server cannot honour (a config or
+        files sent with the call) are refused rather than silently ignored."""
+        for key in parameter_names:
+            if key.startswith(UNSUPPORTED_LOAD_PARAMETERS):
+                raise BadRequest(f"load parameter '{key}' is not supported: a model loads from its own folder")
         await self.models.load(name)
 
     async def unload(self, name: str) -> None:

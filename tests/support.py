@@ -181,15 +181,16 @@ def slow_server(delay_s: float, body: bytes = b"", content_type: str = "image/jp
 
 
 @contextmanager
-def app_process(model_path: Path, tmp_dir: Path, *flags: str, stderr=None):
-    """`python -m app` as a real process on 127.0.0.1, ready; killed if still running after."""
+def app_process(model_path: Path | None, tmp_dir: Path, *flags: str, stderr=None):
+    """`python -m app` as a real process on 127.0.0.1, ready; killed if still running after.
+    Without model_path the flags name the models (--model-repository)."""
     import os
     import subprocess
     import sys
 
     port = free_port()
     command = [
-        sys.executable, "-m", "app", "--model-id", str(model_path), "--model-dir", str(tmp_dir),
+        sys.executable, "-m", "app", *(["--model-id", str(model_path)] if model_path else []), "--model-dir", str(tmp_dir),
         "--host", LOOPBACK, "--port", str(port), "--device", "cpu", "--allow-private-urls", "true",
         *([] if "--grpc-port" in flags else ["--grpc-port", "0"]), *flags,
     ]  # fmt: skip
@@ -224,7 +225,7 @@ def kserve_calls(*args: str) -> dict:
 
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, str(root / "tests/conformance/kserve_calls.py"), *args],
+        [sys.executable, "-m", "tests.conformance.kserve_calls", *args],
         capture_output=True, text=True, timeout=120, cwd=root,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

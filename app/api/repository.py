@@ -18,8 +18,6 @@ router = APIRouter(tags=["repository"])
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 503)}
 # A small JSON body at most: these calls carry a flag or a few parameters.
 MAX_BODY_BYTES = 64 * 1024
-# Load parameters this server cannot honour: refused rather than silently ignored.
-UNSUPPORTED_LOAD_PARAMETERS = ("config", "file:")
 
 
 def _optional_body(schema) -> dict:
@@ -62,11 +60,7 @@ async def repository_index(request: Request, plane: DataPlane = Depends(get_plan
 async def load_model(request: Request, model_name: str, plane: DataPlane = Depends(get_plane)):
     """Load the model (from its repository folder) and answer once it is ready."""
     parameters = (await _read(request, RepositoryLoadRequest)).parameters or {}
-    for key in parameters:
-        if key.startswith(UNSUPPORTED_LOAD_PARAMETERS):
-            raise BadRequest(f"load parameter '{key}' is not supported: a model loads from its own folder")
-    plane.model(model_name)  # 404 before anything else
-    await plane.load(model_name)
+    await plane.load(model_name, parameters)
     return JSONBytesResponse({})
 
 
@@ -78,6 +72,5 @@ async def load_model(request: Request, model_name: str, plane: DataPlane = Depen
 async def unload_model(request: Request, model_name: str, plane: DataPlane = Depends(get_plane)):
     """Stop taking requests for the model, finish those admitted, free it."""
     await _read(request, RepositoryLoadRequest)
-    plane.model(model_name)
     await plane.unload(model_name)
     return JSONBytesResponse({})

@@ -4,8 +4,6 @@ ModelInferResponse with raw output contents out."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from pydantic import ValidationError
 
@@ -13,9 +11,15 @@ from app.errors import BadRequest
 from app.grpc_api.v2 import grpc_service_pb2 as pb
 from app.protocol.binary import decode_tensor, encode_bytes_elements
 from app.protocol.codec import RequestLimits
-from app.protocol.request import ParsedRequest, Tensor, describe_validation_error
+from app.protocol.request import (
+    ParsedRequest,
+    Tensor,
+    check_element_count,
+    declared_elements,
+    describe_validation_error,
+)
 from app.protocol.response import embedding_document
-from app.protocol.schema import DATATYPES, InferRequest
+from app.protocol.schema import InferRequest
 from app.protocol.spec import OUTPUT_JSON, EmbedRequestSpec, build_spec, input_admission
 
 # Which typed field of InferTensorContents carries each datatype (FP16 and BF16 have none:
@@ -42,16 +46,8 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: RequestLimits) -
         )
     tensors: dict[str, Tensor] = {}
     for index, item in enumerate(message.inputs):
-        if item.name in tensors:
-            raise BadRequest(f"input '{item.name}' appears more than once")
-        if item.datatype not in DATATYPES:
-            raise BadRequest(
-                f"input '{item.name}': unknown datatype {item.datatype!r}; expected one of {', '.join(DATATYPES)}"
-            )
         shape = list(item.shape)
-        if any(dim < 0 for dim in shape):
-            raise BadRequest(f"input '{item.name}': shape {shape} has a negative dimension")
-        expected = math.prod(shape)
+        expected = declared_elements(item.name, item.datatype, shape, tensors)
         admit(item.name, expected)
         if raw:
             if item.HasField("contents"):
@@ -59,8 +55,7 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: RequestLimits) -
             values = decode_tensor(item.datatype, raw[index], f"input '{item.name}'", max_elements=expected)
         else:
             values = _typed_contents(item)
-        if len(values) != expected:
-            raise BadRequest(f"input '{item.name}': shape {shape} needs {expected} elements, got {len(values)}")
+        check_element_count(item.name, shape, expected, values)
         tensors[item.name] = Tensor(item.name, item.datatype, shape, values)
     try:
         request = InferRequest.model_validate({

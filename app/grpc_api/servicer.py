@@ -30,8 +30,6 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-# Load parameters this server cannot honour: refused rather than silently ignored.
-UNSUPPORTED_LOAD_PARAMETERS = ("config", "file:")
 
 
 def grpc_status(error: ServiceError) -> grpc.StatusCode:
@@ -146,16 +144,12 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     @_rpc
     async def RepositoryModelLoad(self, request, context, fields):
         name = _repository_model_name(request)
-        for key in request.parameters:
-            if key.startswith(UNSUPPORTED_LOAD_PARAMETERS):
-                raise BadRequest(f"load parameter '{key}' is not supported: a model loads from its own folder")
-        await self.plane.load(name)
+        await self.plane.load(name, request.parameters)
         return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 
     @_rpc
     async def RepositoryModelUnload(self, request, context, fields):
         name = _repository_model_name(request)
-        self.plane.model(name)  # NOT_FOUND for an unknown model
         await self.plane.unload(name)
         return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 

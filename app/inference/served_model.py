@@ -102,10 +102,6 @@ class ServedModel:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Load now (start-up or a repository load); returns when loaded or failed."""
-        await self.start_loading()
-
     def start_loading(self, on_demand: bool = False) -> asyncio.Task:
         """The load in progress, or a new one: concurrent callers share it."""
         if self._loading is None or self._loading.done():

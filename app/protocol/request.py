@@ -59,10 +59,7 @@ def parse_infer_body(
     tensors: dict[str, Tensor] = {}
     offset = 0
     for item in request.inputs:
-        if item.name in tensors:
-            raise BadRequest(f"input '{item.name}' appears more than once")
-        _check_shape_and_type(item)
-        expected = math.prod(item.shape)
+        expected = declared_elements(item.name, item.datatype, item.shape, tensors)
         if admit is not None:
             admit(item.name, expected)
         size = (item.parameters or {}).get("binary_data_size")
@@ -85,10 +82,7 @@ def parse_infer_body(
                 raise BadRequest(f"input '{item.name}' has no data")
             values = _flatten(item.data, stop_after=expected + 1)
             _check_json_values(item.name, item.datatype, values)
-        if len(values) != expected:
-            raise BadRequest(
-                f"input '{item.name}': shape {item.shape} needs {expected} elements, got {len(values)}"
-            )
+        check_element_count(item.name, item.shape, expected, values)
         tensors[item.name] = Tensor(item.name, item.datatype, item.shape, values)
     if offset != len(binary):
         raise BadRequest(f"body has {len(binary) - offset} binary bytes beyond those the inputs declare")
@@ -117,13 +111,21 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _check_shape_and_type(item: RequestInput) -> None:
-    if item.datatype not in DATATYPES:
-        raise BadRequest(
-            f"input '{item.name}': unknown datatype {item.datatype!r}; expected one of {', '.join(DATATYPES)}"
-        )
-    if any(dim < 0 for dim in item.shape):
-        raise BadRequest(f"input '{item.name}': shape {item.shape} has a negative dimension")
+def declared_elements(name: str, datatype: str, shape: list[int], seen: dict) -> int:
+    """The element count an input declares, once its name (not among those `seen`),
+    datatype and shape are checked: every transport's first look at an input."""
+    if name in seen:
+        raise BadRequest(f"input '{name}' appears more than once")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+    if any(dim < 0 for dim in shape):
+        raise BadRequest(f"input '{name}': shape {shape} has a negative dimension")
+    return math.prod(shape)
+
+
+def check_element_count(name: str, shape: list[int], expected: int, values: list) -> None:
+    if len(values) != expected:
+        raise BadRequest(f"input '{name}': shape {shape} needs {expected} elements, got {len(values)}")
 
 
 def _check_value_count(header: bytes, limit: int) -> None:

@@ -2,8 +2,8 @@
 own (kserve and tritonclient.grpc cannot be imported into one process: both register the
 same protobuf names). Prints one JSON object of what each call returned.
 
-    python tests/conformance/kserve_calls.py rest URL MODEL IMAGE_FILE...
-    python tests/conformance/kserve_calls.py grpc TARGET MODEL IMAGE_FILE... [--url IMAGE_URL]
+    python -m tests.conformance.kserve_calls rest URL MODEL IMAGE_FILE...
+    python -m tests.conformance.kserve_calls grpc TARGET MODEL IMAGE_FILE... [--url IMAGE_URL]
 """
 
 from __future__ import annotations
@@ -20,11 +20,7 @@ from kserve import InferenceRESTClient, RESTConfig
 from kserve.inference_client import InferenceGRPCClient
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-
-def data_uri(data: bytes) -> str:
-    import base64
-
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+from tests.support import data_uri
 
 
 async def rest_calls(url: str, model: str, files: list[bytes]) -> dict:

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.inference.model_configs import RepositoryError, model_configs
 from tests.support import (
+    app_process,
     data_uri,
     embeddings_of,
     encode,
@@ -186,6 +187,10 @@ def test_a_loading_model_is_503_for_that_model_only(tiny_models, tmp_path):
             assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
             assert loading.result().status_code == 200
         assert infer(server, "b").status_code == 200
+        # A model config sent with the load cannot be honoured: refused, not ignored.
+        refused = httpx.post(f"{server.url}/v2/repository/models/b/load", json={"parameters": {"config": "{}"}})
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "load parameter 'config' is not supported: a model loads from its own folder"
 
 
 def test_max_loaded_models_unloads_the_least_recently_used(tiny_models, tmp_path):
@@ -233,42 +238,18 @@ def test_repository_from_the_environment_with_a_hub_id_in_serving_json(tiny_mode
 
 
 def test_python_m_app_serves_a_repository_over_both_transports(tiny_models, tmp_path):
-    import os
     import signal
-    import subprocess
-    import sys
-    from pathlib import Path
 
     repository = make_repository(tmp_path / "repo", tiny_models, {"a": ("dinov2", None), "b": ("vit", None)})
-    port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "GRPC_"))} | {"HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--model-repository", str(repository), "--host", "127.0.0.1",
-         "--port", str(port), "--grpc-port", str(grpc_port), "--device", "cpu", "--model-dir", str(tmp_path / "none"),
-         "--allow-private-urls", "true", "--shutdown-drain-s", "0"],  # fmt: skip
-        cwd=Path(__file__).resolve().parents[2], env=env,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+    grpc_port = free_port()
+    flags = ("--model-repository", str(repository), "--grpc-port", str(grpc_port), "--shutdown-drain-s", "0")
+    with app_process(None, tmp_path, *flags) as process:
         client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         try:
             for model in ("a", "b"):
-                rest = embeddings_of(httpx.post(f"{url}/v2/models/{model}/infer", json=image_request(IMAGES), timeout=60))
-                np.testing.assert_array_equal(grpc_embeddings(client, model, IMAGES), rest)
+                response = httpx.post(f"{process.url}/v2/models/{model}/infer", json=image_request(IMAGES), timeout=60)
+                np.testing.assert_array_equal(grpc_embeddings(client, model, IMAGES), embeddings_of(response))
         finally:
             client.close()
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) in (0, -signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

@@ -7,13 +7,17 @@
 Sources: a folder (every image file below it), a text file of URLs or paths (one a line),
 or a column of a CSV or Parquet file. Each request is a binary V2 request of --batch images
 (files as their bytes, URLs as text for the server to fetch); --concurrency requests are in
-flight, spread over the servers. 503 is retried after its Retry-After, 504, other 5xx and
-connection failures with exponential backoff; an image the server refuses (400 naming the
-element) is listed in `<out>.failures.jsonl` with its message and the rest of its batch goes
-on. Results are written in parts as they arrive (`<out>.parts/`), so Ctrl-C or a crash
-leaves everything finished so far; the output file (Parquet: id, source, embedding; or
-.npy with `<out>.ids.txt`) is assembled from them at the end, and a second run skips every
-id already written. Light on purpose: httpx, numpy, tqdm, pyarrow; no torch.
+flight, spread over the servers. 503 and 429 are retried after their Retry-After (capped by
+--max-retry-after), 504, other 5xx, malformed answers and connection failures with
+exponential backoff; each of the three kinds (refused connections, busy or loading servers,
+server errors) has its own --retries budget, so a server that restarts (refused, then
+loading) does not spend one budget twice. An image the server refuses (400 naming the
+element) or answers with a NaN or infinite embedding is listed in `<out>.failures.jsonl`
+with its message, and the rest of its batch goes on. Results are written in parts as they
+arrive (`<out>.parts/`), so Ctrl-C or a crash leaves everything finished so far; the output
+file (Parquet: id, source, embedding; or .npy with `<out>.ids.jsonl`, one JSON object a
+line, whatever characters the names hold) is assembled from them at the end, and a second
+run skips every id already written. Light on purpose: httpx, numpy, tqdm, pyarrow; no torch.
 """
 
 from __future__ import annotations
@@ -85,7 +89,8 @@ class Output:
     def __init__(self, path: Path):
         self.path = path
         self.parts = path.with_name(path.name + ".parts")
-        self.ids_path = path.with_suffix(".ids.txt")
+        self.ids_path = path.with_suffix(".ids.jsonl")
+        self.legacy_ids_path = path.with_suffix(".ids.txt")  # tab-separated, written before .jsonl
         self.failures_path = path.with_name(path.name + ".failures.jsonl")
         # Part names unique across runs: a resumed run adds parts beside an earlier run's.
         self._names = (f"part-{time.time_ns()}-{n:06d}.parquet" for n in itertools.count())
@@ -102,9 +107,18 @@ class Output:
         import pyarrow.parquet as pq
 
         if self.path.suffix == ".npy":
-            rows = [line.split("\t", 1) for line in self.ids_path.read_text().splitlines()]
+            rows = self._id_rows()
             return _table([r[0] for r in rows], [r[1] for r in rows], np.load(self.path))
         return pq.read_table(self.path)
+
+    def _id_rows(self) -> list[tuple[str, str]]:
+        """(id, source) of each .npy row. JSON lines, split on \\n alone: names may hold any
+        character, and str.splitlines would also split on \\x1c, \\x85 or \\u2028."""
+        if not self.ids_path.exists() and self.legacy_ids_path.exists():
+            lines = self.legacy_ids_path.read_text().split("\n")
+            return [tuple(line.split("\t", 1)) for line in lines if line]  # type: ignore[misc]
+        rows = [json.loads(line) for line in self.ids_path.read_text().split("\n") if line]
+        return [(row["id"], row["source"]) for row in rows]
 
     def done_ids(self) -> set[str]:
         """Ids already written: the id column only (a million embeddings stay on disk)."""
@@ -113,7 +127,7 @@ class Output:
         done: set[str] = set()
         if self.path.exists():
             if self.path.suffix == ".npy":
-                done.update(line.split("\t", 1)[0] for line in self.ids_path.read_text().splitlines())
+                done.update(row[0] for row in self._id_rows())
             else:
                 done.update(pq.read_table(self.path, columns=["id"]).column("id").to_pylist())
         for part in sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else ():
@@ -146,10 +160,13 @@ class Output:
             vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
             with open(temporary, "wb") as handle:
                 np.save(handle, vectors)
-            ids = [f"{i}\t{s}" for i, s in zip(table.column("id").to_pylist(), table.column("source").to_pylist(), strict=True)]
+            # ensure_ascii: every control or line-separator character in a name is escaped.
+            pairs = zip(table.column("id").to_pylist(), table.column("source").to_pylist(), strict=True)
+            ids = [json.dumps({"id": i, "source": s}, ensure_ascii=True) for i, s in pairs]
             ids_temporary = self.ids_path.with_suffix(".tmp")
             ids_temporary.write_text("\n".join(ids) + "\n")
             os.replace(ids_temporary, self.ids_path)
+            self.legacy_ids_path.unlink(missing_ok=True)
         else:
             pq.write_table(table, temporary)
         os.replace(temporary, self.path)
@@ -185,18 +202,37 @@ def encode_request(elements: list[bytes], pooling: str | None, normalize: bool |
     return header + chunk, len(header)
 
 
-def decode_embeddings(response: httpx.Response) -> np.ndarray:
-    length = int(response.headers["inference-header-content-length"])
-    header = json.loads(response.content[:length])
-    [output] = [o for o in header["outputs"] if o["name"] == "raw_embeddings"]
-    rows, dim = output["shape"]
-    return np.frombuffer(response.content[length:], dtype="<f4", count=rows * dim).reshape(rows, dim)
+def decode_embeddings(response: httpx.Response, rows: int) -> np.ndarray:
+    """The [rows, D] raw embeddings of a 200 answer; MalformedAnswer when it is not one."""
+    try:
+        length = int(response.headers["inference-header-content-length"])
+        header = json.loads(response.content[:length])
+        [output] = [o for o in header["outputs"] if o["name"] == "raw_embeddings"]
+        answered, dim = (int(n) for n in output["shape"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MalformedAnswer(f"200 answer without a readable raw_embeddings output ({type(exc).__name__})") from None
+    if answered != rows or dim <= 0 or len(response.content) - length != rows * dim * 4:
+        raise MalformedAnswer(
+            f"200 answer of shape [{answered}, {dim}] with {len(response.content) - length} bytes "
+            f"for {rows} images"
+        )
+    return np.frombuffer(response.content, dtype="<f4", count=rows * dim, offset=length).reshape(rows, dim)
+
+
+# The kinds of retryable failure, each with its own budget of --retries.
+CONNECTION, BUSY, SERVER_ERROR = "connection", "busy", "server error"
 
 
 class RetryableError(Exception):
-    def __init__(self, message: str, wait_s: float | None = None):
+    def __init__(self, message: str, kind: str, wait_s: float | None = None):
         super().__init__(message)
+        self.kind = kind
         self.wait_s = wait_s
+
+
+class MalformedAnswer(RetryableError):
+    def __init__(self, message: str):
+        super().__init__(message, SERVER_ERROR)
 
 
 @dataclass
@@ -208,6 +244,7 @@ class Settings:
     retries: int = 8
     backoff_s: float = 0.5
     timeout_s: float = 300.0
+    max_retry_after_s: float = 60.0
     pooling: str | None = None
     normalize: bool | None = None
 
@@ -220,6 +257,7 @@ class BulkEmbedder:
         self.pending: list[tuple[str, str, np.ndarray]] = []  # finished, not yet in a part
         self.failures: list[dict] = []
         self.embedded = 0
+        self.dim: int | None = None  # the first answer's; an answer of another size fails its batch
         self._servers = itertools.cycle(settings.servers)
 
     async def run(self, items: list[Item]) -> None:
@@ -264,19 +302,19 @@ class BulkEmbedder:
                 live.append(item)
             except OSError as exc:
                 self._fail(item, f"cannot read the file: {exc}")
-        attempt = 0
+        attempts = {CONNECTION: 0, BUSY: 0, SERVER_ERROR: 0}
         while live:
             server = next(self._servers)
             try:
                 vectors = await self._post(client, server, elements)
             except RetryableError as exc:
-                attempt += 1
-                if attempt > self.settings.retries:
+                attempts[exc.kind] += 1
+                if attempts[exc.kind] > self.settings.retries:
                     for item in live:
-                        self._fail(item, f"gave up after {self.settings.retries} retries: {exc}")
+                        self._fail(item, f"gave up after {self.settings.retries} retries ({exc.kind}): {exc}")
                     return
-                wait = exc.wait_s if exc.wait_s is not None else self._backoff(attempt)
-                await asyncio.sleep(wait)
+                wait = self._backoff(attempts[exc.kind]) if exc.wait_s is None else exc.wait_s
+                await asyncio.sleep(min(wait, self.settings.max_retry_after_s))
                 continue
             except _RefusedElement as refused:
                 # The server names the bad element: list it, send the rest again.
@@ -287,9 +325,13 @@ class BulkEmbedder:
                 for item in live:
                     self._fail(item, refused.message)
                 return
-            for item, vector in zip(live, vectors, strict=True):
-                self.pending.append((item.id, item.source, vector.copy()))
-            self.embedded += len(live)
+            finite = np.isfinite(vectors).all(axis=1)
+            for item, vector, ok in zip(live, vectors, finite, strict=True):
+                if ok:
+                    self.pending.append((item.id, item.source, vector.copy()))
+                    self.embedded += 1
+                else:
+                    self._fail(item, "the server answered a NaN or infinite embedding")
             return
 
     def _backoff(self, attempt: int) -> float:
@@ -302,16 +344,27 @@ class BulkEmbedder:
             response = await client.post(
                 url, content=body, headers={"Inference-Header-Content-Length": str(header_length)}
             )
-        except httpx.HTTPError as exc:
-            raise RetryableError(f"{server}: {type(exc).__name__}: {exc}") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise RetryableError(f"{server}: {type(exc).__name__}: {exc}", CONNECTION) from None
+        except httpx.HTTPError as exc:  # the connection broke during the request
+            raise RetryableError(f"{server}: {type(exc).__name__}: {exc}", SERVER_ERROR) from None
         if response.status_code == 200:
-            return decode_embeddings(response)
+            vectors = decode_embeddings(response, len(elements))
+            if self.dim is None:
+                self.dim = vectors.shape[1]
+            elif vectors.shape[1] != self.dim:
+                raise MalformedAnswer(
+                    f"{server} answered {vectors.shape[1]}-dimensional embeddings; this run's are "
+                    f"{self.dim}-dimensional (are all the servers serving the same model?)"
+                )
+            return vectors
         message = _error_message(response)
-        if response.status_code == 503:
-            retry_after = response.headers.get("retry-after", "")
-            raise RetryableError(f"503 {message}", float(retry_after) if retry_after.isdigit() else None)
-        if response.status_code >= 500 or response.status_code == 429:
-            raise RetryableError(f"{response.status_code} {message}")
+        if response.status_code in (503, 429):
+            retry_after = response.headers.get("retry-after", "").strip()
+            wait = float(retry_after) if retry_after.isdigit() else None
+            raise RetryableError(f"{response.status_code} {message}", BUSY, wait)
+        if response.status_code >= 500:
+            raise RetryableError(f"{response.status_code} {message}", SERVER_ERROR)
         index = _element_index(message)
         if response.status_code == 400 and index is not None and index < len(elements):
             raise _RefusedElement(index, message)
@@ -354,10 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--column", help="the CSV/Parquet column of URLs or paths (default: the first)")
     parser.add_argument("--server", action="append", required=True, help="server base URL (repeat for several)")
     parser.add_argument("--model", default="mobilenet-v2", help="model name in /v2/models/<name>/infer")
-    parser.add_argument("--out", type=Path, required=True, help="output .parquet, or .npy (+ .ids.txt)")
+    parser.add_argument("--out", type=Path, required=True, help="output .parquet, or .npy (+ .ids.jsonl)")
     parser.add_argument("--batch", type=int, default=16, help="images per request")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    parser.add_argument("--retries", type=int, default=8, help="retries of one batch (503, 504, 5xx, network)")
+    parser.add_argument(
+        "--retries", type=int, default=8,
+        help="retries of one batch for each kind of failure: refused connections; 503/429; 5xx and malformed answers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-retry-after", type=float, default=60.0, help="longest wait a server's Retry-After can ask for (s)"
+    )
     parser.add_argument("--backoff", type=float, default=0.5, help="first backoff in seconds (doubles)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for one request")
     parser.add_argument("--pooling", choices=["cls", "mean", "max"], help="default: the server's")
@@ -376,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [item for item in items if item.id not in done]
     settings = Settings(
         args.server, args.model, args.batch, args.concurrency, args.retries, args.backoff, args.timeout,
-        pooling=args.pooling, normalize=args.normalize,
+        max_retry_after_s=args.max_retry_after, pooling=args.pooling, normalize=args.normalize,
     )  # fmt: skip
     from tqdm import tqdm
 

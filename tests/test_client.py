@@ -92,7 +92,7 @@ def test_a_url_list_to_npy(server, photos, tmp_path):
         out = tmp_path / "urls.npy"
         assert _run(listing, out, server.url, extra=["--normalize"]) == 0
     vectors = np.load(out)
-    ids = [line.split("\t")[0] for line in out.with_suffix(".ids.txt").read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in out.with_suffix(".ids.jsonl").read_text().split("\n") if line]
     assert sorted(ids) == sorted(urls) and vectors.shape == (len(NAMES), 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, rtol=1e-5)
 
@@ -103,35 +103,52 @@ def _die(httpd):
 
 
 @contextmanager
-def forwarding_server(target: str, busy_first: int = 0, die_after: int | None = None):
-    """Forwards POSTs to `target`; answers the first `busy_first` with 503 + Retry-After: 1;
-    after `die_after` forwarded requests it stops listening, as a crashed pod would."""
-    state = {"busy": 0, "forwarded": 0}
+def forwarding_server(
+    target: str, busy_first: int = 0, die_after: int | None = None, retry_after: str = "1", transform=None
+):
+    """Forwards POSTs to `target`; answers the first `busy_first` with 503 + Retry-After;
+    after `die_after` forwarded requests it stops listening, as a crashed pod would (from
+    that answer on, deterministically: a request that got in before the listener closed is
+    dropped without an answer). `transform(n, status, headers, content)` may rewrite the
+    n-th forwarded answer (n from 0)."""
+    state = {"busy": 0, "forwarded": 0, "dead": False}
+    lock = threading.Lock()
 
     class Forward(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            if state["busy"] < busy_first:
-                state["busy"] += 1
+            with lock:
+                dead = state["dead"]
+                busy = state["busy"] < busy_first
+                state["busy"] += busy
+            if dead:
+                self.close_connection = True
+                return
+            if busy:
                 payload = b'{"error": "server is at capacity; retry shortly"}'
-                self.send_response(503)
-                self.send_header("Retry-After", "1")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self._answer(503, {"Retry-After": retry_after}, payload)
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() == "inference-header-content-length"}
             answer = httpx.post(target + self.path, content=body, headers=headers, timeout=60)
-            state["forwarded"] += 1
-            self.send_response(answer.status_code)
-            for name in ("content-type", "inference-header-content-length"):
-                if name in answer.headers:
-                    self.send_header(name, answer.headers[name])
-            self.send_header("Content-Length", str(len(answer.content)))
+            with lock:
+                number = state["forwarded"]
+                state["forwarded"] += 1
+                if die_after is not None and state["forwarded"] >= die_after:
+                    state["dead"] = True
+                    threading.Thread(target=_die, args=(self.server,)).start()
+            status, content = answer.status_code, answer.content
+            headers = {k: answer.headers[k] for k in ("content-type", "inference-header-content-length") if k in answer.headers}
+            if transform is not None:
+                status, headers, content = transform(number, status, headers, content)
+            self._answer(status, headers, content)
+
+        def _answer(self, status: int, headers: dict, content: bytes) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
             self.end_headers()
-            self.wfile.write(answer.content)
-            if die_after is not None and state["forwarded"] >= die_after:
-                threading.Thread(target=_die, args=(self.server,)).start()
+            self.wfile.write(content)
 
         def log_message(self, *args):
             pass
@@ -208,3 +225,131 @@ def test_csv_and_parquet_columns_of_paths_and_urls(tmp_path):
         items = read_items(tmp_path / source, column="path")
         assert [i.id for i in items] == ["img/a.jpg", "https://images.invalid/b.jpg"]  # duplicates once
         assert items[0].source == str(tmp_path / "img/a.jpg") and items[1].source == items[1].id
+
+
+# --- what a hostile or broken server, or odd names, must not do to a run ---------------------
+
+
+def _rewrite_raw(content: bytes, headers: dict, change) -> tuple[bytes, dict]:
+    """Apply `change` to the raw embeddings of a binary V2 answer."""
+    length = int(headers["inference-header-content-length"])
+    header = json.loads(content[:length])
+    rows, dim = header["outputs"][0]["shape"]
+    vectors = change(np.frombuffer(content[length:], "<f4").reshape(rows, dim).copy())
+    header["outputs"][0]["shape"] = list(vectors.shape)
+    header["outputs"][0]["parameters"]["binary_data_size"] = vectors.nbytes
+    encoded = json.dumps(header).encode()
+    return encoded + vectors.astype("<f4").tobytes(), headers | {"inference-header-content-length": str(len(encoded))}
+
+
+def test_odd_file_names_survive_an_npy_output_and_its_resume(server, tmp_path):
+    names = ["new\nline", "tab\there", "sep\x1cfile", "nel\x85name", "ls\u2028name", "plain"]
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for index, name in enumerate(names):
+        (folder / f"{name}.jpg").write_bytes(encode(photo(NAMES[index]).resize((64, 48))))
+    out = tmp_path / "odd.npy"
+    assert _run(folder, out, server.url) == 0
+    ids = [json.loads(line)["id"] for line in out.with_suffix(".ids.jsonl").read_text().split("\n") if line]
+    vectors = np.load(out)
+    assert sorted(ids) == sorted(f"{name}.jpg" for name in names) and vectors.shape == (len(names), 32)
+    for row, name in zip(vectors, ids, strict=True):  # each embedding is its own file's
+        alone = httpx.post(server.infer_url(), json=image_request([data_uri((folder / name).read_bytes())]))
+        np.testing.assert_allclose(row, embeddings_of(alone)[0], rtol=1e-5, atol=1e-6)
+    assert _run(folder, out, server.url) == 0  # the resume reads the ids back: nothing to do
+    assert np.load(out).shape == (len(names), 32)
+
+
+def test_nan_embeddings_fail_their_images_not_the_run(server, photos, tmp_path):
+    def nan_first_row(number, status, headers, content):
+        if number == 0:
+            content, headers = _rewrite_raw(content, headers, lambda v: np.vstack([np.full((1, v.shape[1]), np.nan), v[1:]]))
+        return status, headers, content
+
+    out = tmp_path / "out.parquet"
+    with forwarding_server(server.url, transform=nan_first_row) as (url, _):
+        assert _run(photos, out, url, extra=["--concurrency", "1"]) == 1
+    rows = _rows(out)
+    assert len(rows) == len(NAMES) - 1 and all(np.isfinite(v).all() for v in rows.values())
+    [failure] = [json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()]
+    assert failure["error"] == "the server answered a NaN or infinite embedding"
+
+
+def test_a_malformed_answer_fails_its_batch_not_the_run(server, photos, tmp_path):
+    def garbage_once(number, status, headers, content):
+        return (200, {"content-type": "application/json"}, b'{"outputs": "no"}') if number == 1 else (status, headers, content)
+
+    out = tmp_path / "out.parquet"
+    with forwarding_server(server.url, transform=garbage_once) as (url, _):
+        assert _run(photos, out, url, extra=["--concurrency", "1", "--retries", "0"]) == 1
+    assert len(_rows(out)) == len(NAMES) - 3
+    failures = [json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 3 and all("without a readable raw_embeddings output" in f["error"] for f in failures)
+
+
+def test_two_servers_of_different_sizes_do_not_lose_the_run(server, photos, tmp_path):
+    def shorter(number, status, headers, content):
+        content, headers = _rewrite_raw(content, headers, lambda v: v[:, :16])
+        return status, headers, content
+
+    out = tmp_path / "out.parquet"
+    with forwarding_server(server.url, transform=shorter) as (other, _):
+        # The first answer (the real server's) sets the run's size; the other's batches retry.
+        code = _run(photos, out, server.url, other, extra=["--concurrency", "1", "--backoff", "0.01"])
+    assert code == 0
+    rows = _rows(out)
+    assert len(rows) == len(NAMES) and {v.shape for v in rows.values()} == {(32,)}
+
+
+def test_retry_after_is_capped(server, photos, tmp_path):
+    out = tmp_path / "out.parquet"
+    with forwarding_server(server.url, busy_first=1, retry_after="86400") as (url, state):
+        started = time.monotonic()
+        assert _run(photos, out, url, extra=["--concurrency", "1", "--retries", "1", "--max-retry-after", "0.2"]) == 0
+        assert time.monotonic() - started < 60
+    assert state["busy"] == 1 and len(_rows(out)) == len(NAMES)
+
+
+def test_refused_connections_and_loading_503s_have_their_own_budgets(server, photos, tmp_path):
+    """A server restarting: connections refused, then 503 while it loads, then answers.
+    Six of each with --retries 6 embeds everything (one shared budget gave up)."""
+    from tests.support import free_port
+
+    port = free_port()
+    out = tmp_path / "out.parquet"
+    result: dict = {}
+    client = threading.Thread(target=lambda: result.update(code=_run(
+        photos, out, f"http://{LOOPBACK}:{port}", extra=["--concurrency", "1", "--retries", "6", "--backoff", "0.5"]
+    )))  # fmt: skip
+    client.start()  # nothing listens on the port yet: refused
+    time.sleep(1.0)
+    target, busy = server.url, {"left": 6}
+
+    class Restarted(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if busy["left"] > 0:
+                busy["left"] -= 1
+                payload = b'{"error": "model is loading; retry shortly"}'
+                self.send_response(503)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() == "inference-header-content-length"}
+            answer = httpx.post(target + self.path, content=body, headers=headers, timeout=60)
+            self.send_response(answer.status_code)
+            for name in ("content-type", "inference-header-content-length"):
+                self.send_header(name, answer.headers[name])
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args):
+            pass
+
+    with serve_in_thread(http.server.ThreadingHTTPServer((LOOPBACK, port), Restarted)):
+        client.join(120)
+    assert result["code"] == 0 and busy["left"] == 0
+    assert len(_rows(out)) == len(NAMES)

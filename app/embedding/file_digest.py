@@ -1,4 +1,5 @@
-"""A folder's contents as one digest (cache keys: model files, calibration images)."""
+"""A folder's contents as one digest (cache keys: model files, calibration images), and a
+manifest of each file's size and digest (an export folder checked before it is reused)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,31 @@ def folder_digest(folder: Path) -> str:
         with open(path, "rb") as file:
             digest.update(hashlib.file_digest(file, "sha256").digest())
     return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def folder_manifest(folder: Path, exclude: str) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file but `exclude`."""
+    return {
+        str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        for path in folder_files(folder)
+        if path.name != exclude
+    }
+
+
+def manifest_mismatch(folder: Path, manifest: dict[str, dict]) -> str | None:
+    """Why the folder no longer matches its manifest (sizes first: cheap), or None."""
+    for name, expected in manifest.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['size']} were written"
+    for name, expected in manifest.items():
+        if file_sha256(Path(folder) / name) != expected["sha256"]:
+            return f"{name} does not match the digest written with it"
+    return None

@@ -23,13 +23,16 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from app.embedding.file_digest import folder_digest
+from app.embedding.file_digest import folder_digest, folder_manifest, manifest_mismatch
 from app.embedding.loader import ModelSource
 from app.settings import QuantizeSetting, Settings
 
 log = logging.getLogger(__name__)
 
 EXPORT_INFO = "embedding_export.json"
+# Each file's size and sha256, written last: a cached folder is reused only when it matches
+# (a disk that filled up mid-write, or a file damaged since, would otherwise serve forever).
+MANIFEST = "export_manifest.json"
 GRAPH_VERSION = 1  # bump when PooledOutputs or the conversion changes what the graph computes
 _COPIED_FILES = ("config.json", "preprocessor_config.json")
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
@@ -68,14 +71,24 @@ def local_folder(source: ModelSource) -> Path:
 def ensure_export(settings: Settings, source: ModelSource) -> tuple[Path, ExportInfo]:
     """The export folder for these settings: given as the model, cached, or built now."""
     folder = local_folder(source)
-    if is_export(folder):
+    if is_export(folder):  # an export folder given as the model: checked, never rebuilt
+        problem = export_problem(folder, manifest_required=False)
+        if problem:
+            raise ValueError(
+                f"the OpenVINO export folder {folder} is damaged ({problem}): write it again with "
+                "python -m app.quantize, or point MODEL_ID at the original model"
+            )
         return folder, read_info(folder)
     key = export_key(folder, settings)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.model_id).strip("-.")[-60:] or "model"
     target = Path(settings.model_cache_dir) / "openvino" / f"{slug}-{settings.quantize.value}-{key[:16]}"
-    if is_export(target):
-        log.info("reusing the OpenVINO model cached at %s", target)
-        return target, read_info(target)
+    if target.exists():
+        problem = export_problem(target, manifest_required=True)
+        if problem is None:
+            log.info("reusing the OpenVINO model cached at %s", target)
+            return target, read_info(target)
+        log.warning("the OpenVINO model cached at %s is damaged (%s): converting it again", target, problem)
+        discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
@@ -88,6 +101,31 @@ def ensure_export(settings: Settings, source: ModelSource) -> tuple[Path, Export
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target, read_info(target)
+
+
+def export_problem(folder: Path, manifest_required: bool) -> str | None:
+    """Why an export folder cannot be used as it is, or None."""
+    if not is_export(folder):
+        return f"{EXPORT_INFO} is missing"
+    manifest_path = Path(folder) / MANIFEST
+    if not manifest_path.is_file():
+        return f"{MANIFEST} is missing" if manifest_required else None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        return manifest_mismatch(folder, manifest["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST} is unreadable ({type(exc).__name__})"
+
+
+def discard(folder: Path) -> None:
+    """Move a damaged cache folder aside (atomic: another worker never sees half of one),
+    then delete it."""
+    aside = folder.with_name(f".damaged-{folder.name}-{os.getpid()}")
+    try:
+        os.rename(folder, aside)
+    except OSError:  # another worker moved it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def export_key(folder: Path, settings: Settings) -> str:
@@ -132,6 +170,8 @@ def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> 
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
     (out / EXPORT_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    manifest = {"files": folder_manifest(out, exclude=MANIFEST)}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info(
         "converted %s for OpenVINO (%s, %s pooling outputs) in %.1f s",
         model_id, info.precision, "/".join(info.poolings), time.perf_counter() - started,
@@ -178,21 +218,21 @@ def _convert(folder: Path, model_id: str, settings: Settings):
 
 def _quantize(model, info: ExportInfo, preprocessor, settings: Settings):
     from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES
-    from app.embedding.quantization import load_calibration_images, quantize_int8
+    from app.embedding.quantization import calibration_pixels, quantize_int8
 
-    images = load_calibration_images(settings.calibration_dir)
+    pixels = calibration_pixels(settings.calibration_dir, preprocessor)
     transformer = info.family != "feature_map" and info.model_type not in CONVOLUTIONAL_MODEL_TYPES
     started = time.perf_counter()
     quantized, fidelity = quantize_int8(
         model,
-        [preprocessor(image) for image in images],
+        pixels,
         info.default_pooling,
         transformer,
         settings.quantize_max_cosine_drop,
     )
     log.info(
         "quantized %s to int8 from %d calibration images in %.1f s; on the %d held out: %s",
-        info.model_id, len(images), time.perf_counter() - started, fidelity.images, fidelity.summary(),
+        info.model_id, len(pixels), time.perf_counter() - started, fidelity.images, fidelity.summary(),
     )  # fmt: skip
     info = replace(info, precision="int8", fidelity=fidelity.as_dict())
     return quantized, info

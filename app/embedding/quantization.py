@@ -13,6 +13,7 @@ as NNCF's transformer model type."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,22 +30,27 @@ HELD_OUT_EVERY = 4  # every 4th image (sorted by name) checks the result instead
 KEPT_IN_FLOAT = 0.1  # the first and last 10% of the weighted layers stay in float
 
 
-def load_calibration_images(folder: Path) -> list[Image.Image]:
-    """The folder's readable images (any depth), RGB, sorted by path; others are skipped."""
-    images = []
+def calibration_pixels(folder: Path, preprocess: Callable[[Image.Image], np.ndarray]) -> list[np.ndarray]:
+    """The folder's readable images (any depth, sorted by path), each preprocessed as soon
+    as it is decoded: memory holds one photo at full size and the model inputs, however
+    large and many the photos are. Unreadable files are skipped."""
+    pixels = []
     for path in folder_files(folder):
         try:
             with Image.open(path, formats=SUPPORTED_FORMATS) as image:
                 image.load()
-                images.append(to_rgb(ImageOps.exif_transpose(image)))
+                rgb = to_rgb(ImageOps.exif_transpose(image))
         except Exception as exc:  # noqa: BLE001 - a stray file is skipped, not fatal
             log.warning("calibration: skipping %s (%s)", path, exc)
-    if len(images) < MIN_CALIBRATION_IMAGES:
+            continue
+        pixels.append(preprocess(rgb))
+        del rgb
+    if len(pixels) < MIN_CALIBRATION_IMAGES:
         raise ValueError(
-            f"CALIBRATION_DIR {folder} holds {len(images)} readable images; QUANTIZE=int8 needs at "
+            f"CALIBRATION_DIR {folder} holds {len(pixels)} readable images; QUANTIZE=int8 needs at "
             f"least {MIN_CALIBRATION_IMAGES} (a few hundred like the ones you will embed is better)"
         )
-    return images
+    return pixels
 
 
 def split_held_out(items: list) -> tuple[list, list]:

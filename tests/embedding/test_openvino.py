@@ -101,6 +101,42 @@ def test_the_converted_model_is_cached_and_reused(tiny_models, tmp_path, caplog)
     assert json.loads((exports[0] / "embedding_export.json").read_text())["precision"] == "float32"
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "flipped byte", "no manifest"])
+def test_a_damaged_cache_entry_is_converted_again_and_named(tiny_models, tmp_path, caplog, damage):
+    """A cached export whose files no longer match the sizes and digests written with them
+    (a disk that filled up, a byte flipped since) is logged with its folder and rebuilt."""
+    model = tiny_models["vit"]
+    first = load_backend(settings(model, tmp_path, runtime="openvino"))
+    [export] = list((tmp_path / "openvino").iterdir())
+    weights = export / "model.bin"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncated weights":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped byte":
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(data)
+    else:
+        (export / "export_manifest.json").unlink()
+    with caplog.at_level(logging.INFO, logger="app.embedding.openvino_export"):
+        second = load_backend(settings(model, tmp_path, runtime="openvino"))
+    assert messages(caplog) == ["the", "converted"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "app.embedding.openvino_export"][:1]
+    assert str(export) in warning and "damaged" in warning and "converting it again" in warning
+    probe = [photo("coffee")]
+    np.testing.assert_array_equal(first.embed(probe, first.default_pooling, False)[0],
+                                  second.embed(probe, second.default_pooling, False)[0])  # fmt: skip
+    assert [p.name for p in (tmp_path / "openvino").iterdir()] == [export.name]
+
+
+def test_a_damaged_export_folder_given_as_the_model_is_refused_with_the_way_forward(tiny_models, tmp_path):
+    load_backend(settings(tiny_models["vit"], tmp_path / "cache", runtime="openvino"))
+    [export] = list((tmp_path / "cache" / "openvino").iterdir())
+    weights = export / "model.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"is damaged \(model.bin has 100 bytes.*python -m app.quantize"):
+        load_backend(settings(export, tmp_path / "other-cache", runtime="openvino"))
+
+
 def test_changed_model_files_are_converted_again(tiny_models, tmp_path, caplog):
     import shutil
 

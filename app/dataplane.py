@@ -7,6 +7,7 @@ status codes. No HTTP and no gRPC here."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -16,13 +17,13 @@ import numpy as np
 
 from app import __version__
 from app.embedding.pooling import PoolingStrategy
-from app.errors import BadRequest
+from app.errors import BadRequest, Forbidden, Unauthorized
 from app.inference.budgets import ByteBudget
 from app.inference.registry import ModelRegistry
 from app.inference.served_model import ServedModel
 from app.protocol.codec import RequestLimits, model_metadata
 from app.protocol.spec import EmbedRequestSpec
-from app.settings import Settings
+from app.settings import ModelControlMode, Settings
 
 if TYPE_CHECKING:
     from app.embedding.text_tower import TokenizedTexts
@@ -148,13 +149,33 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         return self.models.index(ready_only)
 
-    async def load(self, name: str, parameter_names: Iterable[str] = ()) -> None:
+    def authorize_model_control(self, authorization: str | None) -> None:
+        """Repository load and unload change what every client is served: refused unless
+        MODEL_CONTROL_MODE=explicit, and then, with MODEL_CONTROL_TOKEN, only with
+        `Authorization: Bearer <token>`. Checked before the model is looked up, so that a
+        refused caller learns nothing about it."""
+        if self.settings.model_control_mode != ModelControlMode.EXPLICIT:
+            raise Forbidden(
+                "model control is disabled on this server: repository load and unload need "
+                "MODEL_CONTROL_MODE=explicit (the index stays readable)"
+            )
+        expected = self.settings.model_control_token
+        if expected is None:
+            return
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        # Constant-time comparison: the answer's timing must not reveal the token's prefix.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            raise Unauthorized("repository load and unload need 'Authorization: Bearer <MODEL_CONTROL_TOKEN>'")
+
+    async def load(self, name: str, parameter_names: Iterable[str] = (), authorization: str | None = None) -> None:
         """A repository load; the load parameters this server cannot honour (a config or
         files sent with the call) are refused rather than silently ignored."""
+        self.authorize_model_control(authorization)
         for key in parameter_names:
             if key.startswith(UNSUPPORTED_LOAD_PARAMETERS):
                 raise BadRequest(f"load parameter '{key}' is not supported: a model loads from its own folder")
         await self.models.load(name)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, authorization: str | None = None) -> None:
+        self.authorize_model_control(authorization)
         await self.models.unload(name)

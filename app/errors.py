@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 
 class ServiceError(Exception):
     status_code = 500
@@ -33,6 +35,28 @@ class UnsupportedPooling(BadRequest):
     pass
 
 
+class Unauthorized(ServiceError):
+    """No or wrong credentials for a call that needs them."""
+
+    status_code = 401
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    """A call this server's configuration does not allow, whoever sends it."""
+
+    status_code = 403
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its request within the server's receive timeout."""
+
+    status_code = 408
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
 
@@ -51,3 +75,23 @@ class Overloaded(ServiceUnavailable):
     def __init__(self, message: str, retry_after_s: int = 1):
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after_s)}
+
+
+def release_frames(error: BaseException) -> None:
+    """Clear the local variables of the frames an answered error's traceback holds, in its
+    whole chain (cause, context, group members). A request that failed in a task group
+    leaves a cycle (the error -> its frames -> the tasks -> the error): without this, the
+    request's inputs (tens of MiB) stay in memory until the next cyclic collection,
+    outside every budget that admitted them."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]  # type: ignore[list-item]
+        if isinstance(current, BaseExceptionGroup):
+            pending += list(current.exceptions)

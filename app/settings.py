@@ -30,6 +30,13 @@ class QuantizeSetting(enum.StrEnum):
     INT8 = "int8"
 
 
+class ModelControlMode(enum.StrEnum):
+    """Triton's names: none refuses repository load/unload; explicit allows them."""
+
+    NONE = "none"
+    EXPLICIT = "explicit"
+
+
 class OpenVinoHint(enum.StrEnum):
     THROUGHPUT = "throughput"
     LATENCY = "latency"
@@ -108,6 +115,16 @@ class Settings(BaseSettings):
         0, ge=0, le=30 * 86400, description="unload a model idle this long; its next request "
         "reloads it (0: never)",
     )
+    model_control_mode: ModelControlMode = Field(
+        ModelControlMode.NONE,
+        description="none: the repository API's load and unload are refused (403; the index stays "
+        "readable); explicit: allowed (Triton's --model-control-mode=explicit)",
+    )
+    model_control_token: str | None = Field(
+        None,
+        description="MODEL_CONTROL_MODE=explicit: load and unload need `Authorization: Bearer <token>` "
+        "(gRPC: the same metadata)",
+    )
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8080, ge=1, le=65535, description="port to listen on (HTTP)")
     grpc_port: int = Field(
@@ -115,7 +132,16 @@ class Settings(BaseSettings):
     )
     grpc_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, le=2**31 - 1,
-        description="largest gRPC message received or sent, in bytes (larger: RESOURCE_EXHAUSTED)",
+        description="largest gRPC message received (inflated) or sent, in bytes (larger: RESOURCE_EXHAUSTED)",
+    )
+    grpc_max_concurrent_calls: int = Field(
+        256, ge=1, le=100_000, description="gRPC calls served at once; past it: RESOURCE_EXHAUSTED"
+    )
+    grpc_receive_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="longest a gRPC call may take to send its request message"
+    )
+    grpc_idle_timeout_s: float = Field(
+        300.0, gt=0, le=86400, description="a gRPC connection with no call for this long is closed"
     )
     max_images_per_request: int = Field(64, ge=1, le=4096, description="images allowed in one request")
     max_texts_per_request: int = Field(
@@ -231,7 +257,7 @@ class Settings(BaseSettings):
             raise ValueError("must be debug, info, warning, error or critical")
         return value
 
-    @field_validator("model_id", "model_name")
+    @field_validator("model_id", "model_name", "model_control_token")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
@@ -243,6 +269,11 @@ class Settings(BaseSettings):
                 raise ValueError("set MODEL_ID (one model) or MODEL_REPOSITORY (a folder of models), not both")
             if not self.model_repository.is_dir():
                 raise ValueError(f"MODEL_REPOSITORY {self.model_repository} is not a folder")
+        if self.model_control_token is not None and self.model_control_mode != ModelControlMode.EXPLICIT:
+            raise ValueError(
+                "MODEL_CONTROL_TOKEN is set but MODEL_CONTROL_MODE is none: set MODEL_CONTROL_MODE=explicit "
+                "to allow repository load and unload, or unset the token"
+            )
         if self.grpc_port and self.grpc_port == self.port:
             raise ValueError(f"GRPC_PORT and PORT are both {self.port}: give gRPC its own port or 0")
         return self

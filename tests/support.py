@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import functools
+import http.client
 import http.server
 import io
+import re
 import socket
 import threading
 import time
@@ -161,11 +163,14 @@ def embeddings_of(response: httpx.Response) -> np.ndarray:
 
 
 @contextmanager
-def slow_server(delay_s: float, body: bytes = b"", content_type: str = "image/jpeg"):
-    """An HTTP server on 127.0.0.1 that waits `delay_s` before answering every GET."""
+def slow_server(delay_s: float, body: bytes = b"", content_type: str = "image/jpeg", started=None):
+    """An HTTP server on 127.0.0.1 that waits `delay_s` before answering every GET; sets the
+    `started` event (a threading.Event) as each GET arrives."""
 
     class Slow(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if started is not None:
+                started.set()
             time.sleep(delay_s)
             self.send_response(200)
             self.send_header("Content-Type", content_type)
@@ -230,3 +235,41 @@ def kserve_calls(*args: str) -> dict:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
+
+
+class Memory:
+    """Peak resident memory of a process, from the kernel's own high-water mark."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def _kib(self, field: str) -> int:
+        text = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+    def reset(self) -> int:
+        """Sets VmHWM to the current RSS (clear_refs 5) and returns that RSS, in KiB."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        return self._kib("VmRSS")
+
+    def growth_mib(self, baseline_kib: int) -> float:
+        return (self._kib("VmHWM") - baseline_kib) / 1024
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection that is never silently reopened: if the server drops it,
+    the next request fails (http.client's auto_open is off)."""
+
+    def __init__(self, port: int):
+        self.connection = http.client.HTTPConnection(LOOPBACK, port, timeout=120)
+        self.connection.connect()
+        self.connection.auto_open = 0
+
+    def send(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        self.connection.request(method, path, body=body, headers=headers)
+        response = self.connection.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+
+    def close(self):
+        self.connection.close()

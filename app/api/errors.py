@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.responses import JSONBytesResponse
-from app.errors import ServiceError
+from app.errors import ServiceError, release_frames
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ def error_response(status_code: int, message: str, headers: dict | None = None) 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
+        release_frames(exc)
         return error_response(exc.status_code, exc.message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -42,4 +43,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        release_frames(exc)
         return error_response(500, f"internal error: {type(exc).__name__}")

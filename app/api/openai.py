@@ -20,11 +20,12 @@ from app.api.dependencies import get_plane
 from app.api.responses import JSONBytesResponse
 from app.dataplane import DataPlane
 from app.embedding.backend import IMAGE, TEXT
-from app.errors import PayloadTooLarge, ServiceError
+from app.errors import PayloadTooLarge, ServiceError, release_frames
 from app.inference.budgets import Reservation
 from app.protocol.codec import RequestLimits
 from app.protocol.encoding import decode_content, is_encoded
-from app.protocol.spec import check_text_length
+from app.protocol.request import check_value_count
+from app.protocol.spec import check_text_length, max_json_values
 
 router = APIRouter(tags=["openai"])
 
@@ -104,8 +105,10 @@ async def embeddings(request: Request, plane: DataPlane = Depends(get_plane)):
     try:
         return await _embeddings(request, plane)
     except OpenAIError as exc:
+        release_frames(exc)
         return error_response(exc)
     except ServiceError as exc:
+        release_frames(exc)
         return error_response(OpenAIError(exc.status_code, exc.message, headers=getattr(exc, "headers", None)))
 
 
@@ -170,6 +173,9 @@ async def _embeddings(request: Request, plane: DataPlane) -> JSONBytesResponse:
 async def _parse(body: bytes, encoding: str | None, limits: RequestLimits) -> EmbeddingsRequest:
     def parse() -> EmbeddingsRequest:
         raw = decode_content(body, encoding, limits.max_request_bytes, limits.max_inflation_ratio)
+        # Counted before parsing, as the V2 route does: a list of millions of short strings
+        # would otherwise cost a gigabyte of Python objects before its 413.
+        check_value_count(raw, max_json_values(limits.sizes))
         try:
             return EmbeddingsRequest.model_validate_json(raw)
         except ValidationError as exc:

@@ -16,6 +16,7 @@ from app.protocol.schema import ErrorResponse, RepositoryIndexRequest, Repositor
 router = APIRouter(tags=["repository"])
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 503)}
+CONTROL_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)}
 # A small JSON body at most: these calls carry a flag or a few parameters.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -54,23 +55,27 @@ async def repository_index(request: Request, plane: DataPlane = Depends(get_plan
 
 @router.post(
     "/v2/repository/models/{model_name}/load",
-    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **ERRORS},
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **CONTROL_ERRORS},
     openapi_extra=_optional_body(RepositoryLoadRequest.model_json_schema()),
 )
 async def load_model(request: Request, model_name: str, plane: DataPlane = Depends(get_plane)):
-    """Load the model (from its repository folder) and answer once it is ready."""
+    """Load the model (from its repository folder) and answer once it is ready
+    (MODEL_CONTROL_MODE=explicit only)."""
+    plane.authorize_model_control(request.headers.get("authorization"))
     parameters = (await _read(request, RepositoryLoadRequest)).parameters or {}
-    await plane.load(model_name, parameters)
+    await plane.load(model_name, parameters, request.headers.get("authorization"))
     return JSONBytesResponse({})
 
 
 @router.post(
     "/v2/repository/models/{model_name}/unload",
-    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **ERRORS},
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **CONTROL_ERRORS},
     openapi_extra=_optional_body(RepositoryLoadRequest.model_json_schema()),
 )
 async def unload_model(request: Request, model_name: str, plane: DataPlane = Depends(get_plane)):
-    """Stop taking requests for the model, finish those admitted, free it."""
+    """Stop taking requests for the model, finish those admitted, free it
+    (MODEL_CONTROL_MODE=explicit only)."""
+    plane.authorize_model_control(request.headers.get("authorization"))
     await _read(request, RepositoryLoadRequest)
-    await plane.unload(model_name)
+    await plane.unload(model_name, request.headers.get("authorization"))
     return JSONBytesResponse({})

@@ -10,6 +10,7 @@ requests still share a forward pass (the batcher joins equal shapes only)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,20 +31,28 @@ class TextTower:
     def __init__(self, model: torch.nn.Module, tokenizer, family: str):
         self.model = model  # the full CLIPModel / SiglipModel (its vision half serves images)
         self.tokenizer = tokenizer
+        # A transformers tokenizer is not safe to call from several threads: each call sets
+        # the Rust tokenizer's padding and truncation, so a concurrent call could run with
+        # another's length (a wrong embedding) or find it borrowed (a RuntimeError).
+        self._tokenizer_lock = threading.Lock()
         self.family = family
         self.max_length = int(model.config.text_config.max_position_embeddings)
         # SigLIP is trained without an attention mask (padding tokens are attended to).
         self.use_attention_mask = family == "clip"
 
     def tokenize(self, texts: list[str]) -> TokenizedTexts:
-        """Off the model thread: tokenizers is thread-safe and runs no torch op."""
-        # verbose=False: a text over the maximum is expected here (counted, then truncated).
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
-        length = self.max_length
-        if self.family == "clip":
-            longest = max(lengths, default=0)
-            length = next((b for b in CLIP_LENGTH_BUCKETS if longest <= b < self.max_length), self.max_length)
-        encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+        """Off the model thread (it runs no torch op), from any number of threads: the two
+        tokenizer calls of one request run under one lock (64 texts take about a millisecond)."""
+        with self._tokenizer_lock:
+            # verbose=False: a text over the maximum is expected here (counted, then truncated).
+            lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+            length = self.max_length
+            if self.family == "clip":
+                longest = max(lengths, default=0)
+                length = next((b for b in CLIP_LENGTH_BUCKETS if longest <= b < self.max_length), self.max_length)
+            encoded = self.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=length, return_tensors="np"
+            )
         tokens = np.stack([encoded["input_ids"], encoded["attention_mask"]], axis=1).astype(np.int64)
         truncated = sum(length > self.max_length for length in lengths)
         return TokenizedTexts(tokens, truncated, [min(n, self.max_length) for n in lengths])

@@ -12,8 +12,9 @@ import time
 import grpc
 
 from app.dataplane import DataPlane
-from app.errors import BadRequest, ServiceError
+from app.errors import BadRequest, ServiceError, release_frames
 from app.grpc_api.codec import decode_infer_request, encode_infer_response
+from app.grpc_api.receive import receive_infer_request
 from app.grpc_api.v2 import grpc_service_pb2 as pb
 from app.grpc_api.v2.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
 from app.inference.budgets import Reservation
@@ -25,7 +26,10 @@ log = logging.getLogger("app.access")
 # The HTTP status each domain error carries -> its gRPC code (the V2 gRPC spec's mapping).
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -54,9 +58,11 @@ def _rpc(handler):
         except ServiceError as exc:
             code, message = grpc_status(exc), exc.message
             trailers = tuple((k.lower(), v) for k, v in getattr(exc, "headers", {}).items())
+            release_frames(exc)
         except Exception as exc:  # noqa: BLE001 - answered as INTERNAL, logged with its traceback
             log.exception("unhandled error in gRPC %s", method)
             code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+            release_frames(exc)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
@@ -108,15 +114,19 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         )
 
     @_rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context, fields):
-        fields["request_id"] = safe_request_id(request.id) or new_request_id()
-        fields["model"] = request.model_name
-        # The message is already in memory: it counts against the bytes budget like a body.
+    async def ModelInfer(self, request_stream, context, fields):
+        """A unary call whose handler reads the message itself (app/grpc_api/receive.py)."""
+        settings = self.plane.settings
         reservation = Reservation(self.plane.body_budget)
         try:
+            request = await receive_infer_request(
+                context, reservation, settings.grpc_max_message_bytes, settings.max_inflation_ratio,
+                settings.grpc_receive_timeout_s,
+            )  # fmt: skip
+            fields["request_id"] = safe_request_id(request.id) or new_request_id()
+            fields["model"] = request.model_name
 
             async def decode(limits):
-                reservation.grow(request.ByteSize())
                 spec = decode_infer_request(request, limits)
                 fields["images"] = len(spec.images)
                 return spec
@@ -143,15 +153,27 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_rpc
     async def RepositoryModelLoad(self, request, context, fields):
+        authorization = _authorization(context)
+        self.plane.authorize_model_control(authorization)
         name = _repository_model_name(request)
-        await self.plane.load(name, request.parameters)
+        await self.plane.load(name, request.parameters, authorization)
         return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 
     @_rpc
     async def RepositoryModelUnload(self, request, context, fields):
+        authorization = _authorization(context)
+        self.plane.authorize_model_control(authorization)
         name = _repository_model_name(request)
-        await self.plane.unload(name)
+        await self.plane.unload(name, authorization)
         return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
+
+
+def _authorization(context) -> str | None:
+    """The `authorization` metadata (gRPC's form of the HTTP header)."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization":
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _repository_model_name(request) -> str:

@@ -19,18 +19,48 @@ class ByteBudget:
         self.used = 0
         self.what = what
         self.setting = setting
+        self._waiters: list[asyncio.Future] = []
 
     def reserve(self, count: int) -> int:
         if self.used + count > self.capacity:
-            raise Overloaded(
-                f"server is holding {self.used} bytes of {self.what}, at its limit of {self.capacity} "
-                f"({self.setting}); retry shortly"
-            )
+            raise self._full()
+        self.used += count
+        return count
+
+    async def reserve_waiting(self, count: int, timeout_s: float) -> int:
+        """Reserve once `count` fits, waiting up to timeout_s (then 503): for a transport
+        whose client waits under flow control until the bytes are taken (gRPC)."""
+        count = min(count, self.capacity)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.used + count > self.capacity:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self._full()
+            woken = loop.create_future()
+            self._waiters.append(woken)
+            try:
+                await asyncio.wait_for(woken, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                if woken in self._waiters:
+                    self._waiters.remove(woken)
         self.used += count
         return count
 
     def release(self, count: int) -> None:
         self.used -= count
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:  # each checks again whether its bytes fit now
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _full(self) -> Overloaded:
+        return Overloaded(
+            f"server is holding {self.used} bytes of {self.what}, at its limit of {self.capacity} "
+            f"({self.setting}); retry shortly"
+        )
 
 
 class Reservation:
@@ -42,6 +72,9 @@ class Reservation:
 
     def grow(self, count: int) -> None:
         self.held += self.budget.reserve(count)
+
+    async def grow_waiting(self, count: int, timeout_s: float) -> None:
+        self.held += await self.budget.reserve_waiting(count, timeout_s)
 
     def shrink(self, count: int) -> None:
         count = min(count, self.held)

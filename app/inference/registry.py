@@ -70,7 +70,7 @@ class ModelRegistry:
     async def load(self, name: str) -> ServedModel:
         """A repository load: returns once the model is loaded; 400 when it fails to."""
         model = self.get(name)
-        if not model.loaded:
+        if not model.loaded or model.unloading:  # a load during an unload waits, then loads
             await self._load(model, on_demand=False)
             if not model.loaded:
                 raise BadRequest(f"failed to load model '{name}'; see the server log")
@@ -164,10 +164,17 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """Every start-up model has loaded, and every loaded model can take requests."""
+        """Every start-up model serves (or, unloaded when idle or to make room, loads on its
+        next request), and every loaded model can take requests: a start-up model unloaded
+        through the API makes the server unready, so that balancers stop sending it traffic."""
         if not self.started or self.draining or self.broken:
             return False
-        return all(model.ready for model in self if model.loaded)
+        for model in self:
+            if model.loaded and not model.ready:
+                return False
+            if model.load_at_startup and not model.loaded and not self._loads_on_demand(model):
+                return False
+        return True
 
     @property
     def broken(self) -> bool:

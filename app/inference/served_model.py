@@ -96,6 +96,7 @@ class ServedModel:
         self._loading: asyncio.Task | None = None
         self.loading_on_demand = False
         self._unloading = False
+        self._unload_task: asyncio.Task | None = None
         self._preparing = 0  # requests fetching or decoding: the batcher waits for them
         self._supervisor: asyncio.Task | None = None
         self._waiting = self.metrics.images_waiting.labels(self.name)
@@ -103,11 +104,18 @@ class ServedModel:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start_loading(self, on_demand: bool = False) -> asyncio.Task:
-        """The load in progress, or a new one: concurrent callers share it."""
+        """The load in progress, or a new one: concurrent callers share it. A load asked for
+        during an unload starts once the unload has finished."""
         if self._loading is None or self._loading.done():
             self.loading_on_demand = on_demand
-            self._loading = asyncio.create_task(self._load())
+            self._loading = asyncio.create_task(self._load_after_unload())
         return self._loading
+
+    async def _load_after_unload(self) -> None:
+        if self._unload_task is not None and not self._unload_task.done():
+            await asyncio.shield(self._unload_task)
+        if self.backend is None:
+            await self._load()
 
     @property
     def loading(self) -> bool:
@@ -179,14 +187,26 @@ class ServedModel:
         """Loaded and serving no request: it can be unloaded without failing one."""
         return self.loaded and not self._unloading and self.in_flight == 0 and self.admitted_images == 0
 
+    @property
+    def unloading(self) -> bool:
+        return self._unloading
+
     async def unload(self, reason: str, loads_on_demand: bool) -> None:
-        """Refuse new requests (503), let admitted ones finish, then free the model."""
+        """Refuse new requests (503), let admitted ones finish, then free the model. The
+        unload runs as a task of its own: a caller that is cancelled (a request whose
+        deadline passed while it made room) does not stop it halfway, which would leave a
+        model that looks loaded with no worker."""
         if self._loading is not None and not self._loading.done():
             await asyncio.shield(self._loading)
-        if not self.loaded or self._unloading:
+        if self.loaded and (self._unload_task is None or self._unload_task.done()):
+            self._unloading = True  # from now on: refused requests, an unready model
+            self._unload_task = asyncio.create_task(self._unload(reason, loads_on_demand))
+        if self._unload_task is not None and not self._unload_task.done():
+            await asyncio.shield(self._unload_task)
+        if not self.loaded:  # the last caller's reason stands (an API unload after an LRU one)
             self.unloaded_reason, self.loads_on_demand = reason, loads_on_demand
-            return
-        self._unloading = True
+
+    async def _unload(self, reason: str, loads_on_demand: bool) -> None:
         try:
             deadline = time.monotonic() + self.settings.request_timeout_s
             while (self.in_flight or self.admitted_images) and time.monotonic() < deadline:
@@ -355,7 +375,7 @@ class ServedModel:
         async def run():
             tokenized = await asyncio.to_thread(backend.tokenize, texts)
             request = PoolRequest(len(texts), backend.default_pooling, normalize, TEXT)
-            return await self.batcher.submit(tokenized.tokens, request), tokenized
+            return await self._submit(tokenized.tokens, request), tokenized
 
         return await self._admitted(len(texts), deadline_s, run(), self.metrics.texts)
 
@@ -397,4 +417,12 @@ class ServedModel:
         finally:
             self._preparing -= 1
         self.metrics.preprocess_seconds.labels(self.name).observe(time.perf_counter() - started)
-        return await self.batcher.submit(pixels, PoolRequest(len(images), pooling, normalize))
+        return await self._submit(pixels, PoolRequest(len(images), pooling, normalize))
+
+    async def _submit(self, inputs: np.ndarray, request: PoolRequest) -> np.ndarray:
+        # An unload that waited REQUEST_TIMEOUT_S for this request may have stopped the
+        # worker while the request was still fetching or decoding.
+        batcher = self.batcher
+        if batcher is None:
+            raise ServiceUnavailable(f"model '{self.name}' was unloaded while the request was prepared; retry")
+        return await batcher.submit(inputs, request)

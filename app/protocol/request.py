@@ -54,7 +54,7 @@ def parse_infer_body(
 
     header, binary = split_body(body, header_length)
     if max_json_values is not None:
-        _check_value_count(header, max_json_values)
+        check_value_count(header, max_json_values)
     request = _validate_header(header)
     tensors: dict[str, Tensor] = {}
     offset = 0
@@ -128,7 +128,8 @@ def check_element_count(name: str, shape: list[int], expected: int, values: list
         raise BadRequest(f"input '{name}': shape {shape} needs {expected} elements, got {len(values)}")
 
 
-def _check_value_count(header: bytes, limit: int) -> None:
+def check_value_count(header: bytes, limit: int) -> None:
+    """413 for a JSON document with more than `limit` values, before it is parsed."""
     # Every JSON value but the first follows a comma (a comma inside a string only makes
     # the count larger): one C-speed count bounds what parsing the header can allocate.
     commas = header.count(b",")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from app.embedding.pooling import PoolingStrategy
@@ -215,6 +216,7 @@ def _bool_parameter(value, what: str) -> bool | None:
 def _timeout(value) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # gRPC's double_param can carry inf and nan, which JSON cannot.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BadRequest("parameter timeout must be a positive number of microseconds")
     return int(value)

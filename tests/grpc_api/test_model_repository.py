@@ -112,7 +112,10 @@ def test_load_unload_and_ttl_while_another_model_serves(tiny_models, tmp_path):
         "vit": ("vit", None),
         "lazy": ("convnext", {"load_at_startup": False}),
     })  # fmt: skip
-    settings = server_settings(None, tmp_path, model_repository=repository, grpc_port=free_port(), model_ttl_s=1.0)
+    settings = server_settings(
+        None, tmp_path, model_repository=repository, grpc_port=free_port(), model_ttl_s=1.0,
+        model_control_mode="explicit",
+    )  # fmt: skip
     with run_server(settings) as server:
         assert index(server)["lazy"] == ("UNAVAILABLE", "not loaded yet")
         reference = embeddings_of(infer(server, "vit"))
@@ -138,7 +141,8 @@ def test_load_unload_and_ttl_while_another_model_serves(tiny_models, tmp_path):
             )
             assert httpx.get(f"{server.url}/v2/models/vit/ready").status_code == 503
             assert index(server)["vit"] == ("UNAVAILABLE", "unloaded through the repository API")
-            assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+            # A start-up model unloaded through the API serves nothing: the server is not ready.
+            assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
             # Load through gRPC; the embeddings are the same as before.
             client = triton.InferenceServerClient(server.grpc_target)
             try:
@@ -159,6 +163,8 @@ def test_load_unload_and_ttl_while_another_model_serves(tiny_models, tmp_path):
                 time.sleep(0.1)
             state, reason = index(server)["vit"]
             assert state == "UNAVAILABLE" and "idle (MODEL_TTL_S)" in reason
+            # Unloaded when idle, it loads on its next request: the server stays ready.
+            assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
             np.testing.assert_array_equal(embeddings_of(infer(server, "vit")), reference)
             assert infer(server, "nope").status_code == 404
             assert httpx.post(f"{server.url}/v2/repository/models/nope/load").status_code == 404
@@ -171,7 +177,8 @@ def test_load_unload_and_ttl_while_another_model_serves(tiny_models, tmp_path):
 
 def test_a_loading_model_is_503_for_that_model_only(tiny_models, tmp_path):
     repository = make_repository(tmp_path / "repo", tiny_models, {"a": ("dinov2", None), "b": ("vit", None)})
-    with run_server(server_settings(None, tmp_path, model_repository=repository)) as server:
+    settings = server_settings(None, tmp_path, model_repository=repository, model_control_mode="explicit")
+    with run_server(settings) as server:
         assert httpx.post(f"{server.url}/v2/repository/models/b/unload").status_code == 200
         model_b = server.app.state.models.get("b")
         real_loader = model_b.loader
@@ -184,9 +191,11 @@ def test_a_loading_model_is_503_for_that_model_only(tiny_models, tmp_path):
             assert refused.headers["retry-after"] == "1"
             assert index(server)["b"] == ("LOADING", "loading")
             assert infer(server, "a").status_code == 200
-            assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+            # b is a start-up model that does not serve yet: the server is not ready.
+            assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
             assert loading.result().status_code == 200
         assert infer(server, "b").status_code == 200
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
         # A model config sent with the load cannot be honoured: refused, not ignored.
         refused = httpx.post(f"{server.url}/v2/repository/models/b/load", json={"parameters": {"config": "{}"}})
         assert refused.status_code == 400

@@ -8,7 +8,6 @@ case. The server's log is read at the end: no traceback, no forged line."""
 from __future__ import annotations
 
 import gzip
-import http.client
 import io
 import json
 import re
@@ -22,32 +21,22 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support import LOOPBACK, app_process, data_uri, encode, image_request, photo, static_server
+from tests.support import (
+    KeepAlive,
+    Memory,
+    app_process,
+    data_uri,
+    encode,
+    image_request,
+    photo,
+    static_server,
+)
 
 MIB = 1024 * 1024
 GOOD = json.dumps(image_request([data_uri(encode(photo("astronaut").resize((64, 64))))])).encode()
 MODEL = "dinov2"
 INFER = f"/v2/models/{MODEL}/infer"
 LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
-
-
-class Memory:
-    """Peak resident memory of a process, from the kernel's own high-water mark."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-
-    def _kib(self, field: str) -> int:
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
-
-    def reset(self) -> int:
-        """Sets VmHWM to the current RSS (clear_refs 5) and returns that RSS, in KiB."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        return self._kib("VmRSS")
-
-    def growth_mib(self, baseline_kib: int) -> float:
-        return (self._kib("VmHWM") - baseline_kib) / 1024
 
 
 @pytest.fixture(scope="module")
@@ -66,25 +55,6 @@ def server(tiny_models, tmp_path_factory):
             process.port = int(process.url.rsplit(":", 1)[1])
             process.memory = Memory(process.pid)
             yield process
-
-
-class KeepAlive:
-    """One HTTP/1.1 connection that is never silently reopened: if the server drops it,
-    the next request fails (http.client's auto_open is off)."""
-
-    def __init__(self, port: int):
-        self.connection = http.client.HTTPConnection(LOOPBACK, port, timeout=120)
-        self.connection.connect()
-        self.connection.auto_open = 0
-
-    def send(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
-        headers = {"Content-Type": "application/json", **(headers or {})}
-        self.connection.request(method, path, body=body, headers=headers)
-        response = self.connection.getresponse()
-        return response.status, response.read(), dict(response.getheaders())
-
-    def close(self):
-        self.connection.close()
 
 
 def _image_body(element: str) -> bytes:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import importlib.util
 import itertools
 import json
 import os
@@ -425,8 +426,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_modules(*names: str) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except ValueError:  # a module entry without a spec: not importable
+            missing.append(name)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = missing_modules("pyarrow", "tqdm")
+    if missing:
+        sys.exit(
+            f"python -m app.client needs {' and '.join(missing)}, which the server's requirements do not "
+            "install: pip install -r requirements-client.txt"
+        )
     if args.out.suffix not in (".parquet", ".npy"):
         sys.exit("--out must end in .parquet or .npy")
     output = Output(args.out)

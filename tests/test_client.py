@@ -353,3 +353,16 @@ def test_refused_connections_and_loading_503s_have_their_own_budgets(server, pho
         client.join(120)
     assert result["code"] == 0 and busy["left"] == 0
     assert len(_rows(out)) == len(NAMES)
+
+
+def test_without_the_client_requirements_it_says_what_to_install(tmp_path):
+    code = "import sys\nsys.modules['pyarrow'] = None\nfrom app.client import main\nmain(sys.argv[1:])"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "o.npy")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "python -m app.client needs pyarrow, which the server's requirements do not install: "
+        "pip install -r requirements-client.txt"
+    )

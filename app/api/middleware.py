@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.routing import Mount
+
 from app.metrics import ServiceMetrics
 from app.request_ids import new_request_id, safe_request_id
 
@@ -43,7 +45,7 @@ class ObservabilityMiddleware:
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = route_template(scope)
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(elapsed)
             inference = route.endswith("/infer")
@@ -59,3 +61,20 @@ class ObservabilityMiddleware:
                     "duration_ms": round(elapsed * 1000, 1),
                 }
                 log.info("request", extra={"fields": fields})
+
+
+def route_template(scope) -> str:
+    """The matched route's path template (never the request's own path, whose values would
+    make a metric series per request): FastAPI routes set scope["route"]; a plain Starlette
+    route or a mount (the docs' static files) only its endpoint, found among the app's routes."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        for candidate in getattr(scope.get("app"), "routes", ()):
+            if isinstance(candidate, Mount) and candidate.app is endpoint:
+                return candidate.path + "/{path}"
+            if getattr(candidate, "endpoint", None) is endpoint:
+                return candidate.path
+    return "unmatched"

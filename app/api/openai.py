@@ -21,6 +21,7 @@ from app.api.responses import JSONBytesResponse
 from app.dataplane import DataPlane
 from app.embedding.backend import IMAGE, TEXT
 from app.errors import PayloadTooLarge, ServiceError, release_frames
+from app.images.sources import is_image_source
 from app.inference.budgets import Reservation
 from app.protocol.codec import RequestLimits
 from app.protocol.encoding import decode_content, is_encoded
@@ -142,6 +143,8 @@ async def _embeddings(request: Request, plane: DataPlane) -> JSONBytesResponse:
             backend = await plane.ready_backend(model)
             modality = parsed.modality or (TEXT if TEXT in backend.modalities else IMAGE)
             items = [parsed.input] if isinstance(parsed.input, str) else parsed.input
+            if parsed.modality is None and modality == IMAGE and not all(map(is_image_source, items)):
+                backend.check_text()  # input that is not an image is text: say this model has no text tower
             _check_items(items, modality, limits)
             if parsed.dimensions is not None and parsed.dimensions != backend.embedding_dim:
                 raise OpenAIError(

@@ -151,9 +151,11 @@ class ImageFetcher:
         except Exception:  # noqa: BLE001 - httpx and idna raise several types on bad hosts
             raise PolicyRefusal(f"URL host {host!r} is not a valid host name (refused by policy)") from None
         self.policy.check_host(host)
+        literal = True
         try:
             addresses = [ipaddress.ip_address(wire_host)]
         except ValueError:
+            literal = False
             try:
                 addresses = await self.resolver(wire_host, port)
             except Exception:  # noqa: BLE001 - any resolver failure (IDNA, OS, timeout) is a refusal
@@ -161,7 +163,7 @@ class ImageFetcher:
         if not addresses:
             raise self.policy.refusal(host)
         for address in addresses:  # every address, or a round-robin answer could slip through
-            self.policy.check_address(host, address)
+            self.policy.check_address(host, address, literal)
         _PINNED.set({(wire_host, port): str(addresses[0])})
         return self._client.build_request("GET", target)
 

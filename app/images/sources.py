@@ -58,6 +58,22 @@ def classify(element: str | bytes) -> ImageSource:
     return ImageSource(SourceKind.BASE64, text)
 
 
+def is_image_source(element: str) -> bool:
+    """Whether a string reads as an image: a URL, a data URI, or base64 whose first bytes
+    are an image file's signature (a word such as 'dogs' is valid base64 too)."""
+    try:
+        source = classify(element)
+    except ImageError:
+        return False
+    if source.kind is not SourceKind.BASE64:
+        return True
+    head = source.value[:32]
+    try:
+        return _looks_like_file(decode_base64(head[: len(head) // 4 * 4]))
+    except ImageError:
+        return False
+
+
 def _looks_like_file(data: bytes) -> bool:
     if data.startswith(_FILE_SIGNATURES):
         return True

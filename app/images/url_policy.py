@@ -132,13 +132,30 @@ class UrlPolicy:
             raise PolicyRefusal("URL has no host (refused by policy)")
         return scheme, host, port or (443 if scheme == "https" else 80)
 
-    def refusal(self, host: str) -> PolicyRefusal:
-        """The one message for every refused host, whatever DNS answered (or not): a client
-        must not be able to map internal names by telling the cases apart."""
+    def refusal(self, host: str, literal: IPAddress | None = None) -> PolicyRefusal:
+        """The one message for every refused host *name*, whatever DNS answered (or not): a
+        client must not be able to map internal names by telling the cases apart. An
+        address literal is the client's own: its message says what kind of address it is.
+        Each says which setting would allow it."""
         if self.restricted_to_allowlist and host not in self.allowed_hosts:
-            return PolicyRefusal(f"host {host!r} is not on this server's URL allow-list (refused by policy)")
+            return PolicyRefusal(
+                f"host {host!r} is not on this server's URL allow-list (refused by policy); the "
+                "operator can add it, or a network it resolves into, to URL_ALLOWLIST"
+            )
+        if literal is not None:
+            if is_metadata_address(literal):
+                return PolicyRefusal(
+                    f"host {host!r} is a cloud metadata address (refused by policy); only a URL_ALLOWLIST "
+                    "entry naming it allows it"
+                )
+            return PolicyRefusal(
+                f"host {host!r} is {address_kind(literal)} (refused by policy); the operator can allow "
+                "such addresses with ALLOW_PRIVATE_URLS=true, or a network of them with URL_ALLOWLIST"
+            )
         return PolicyRefusal(
-            f"host {host!r} does not resolve to an address this server may fetch from (refused by policy)"
+            f"host {host!r} does not resolve to a public address (refused by policy); in-cluster image "
+            "stores need the operator to list them in URL_ALLOWLIST (names or CIDR networks) or to set "
+            "ALLOW_PRIVATE_URLS=true"
         )
 
     def check_host(self, host: str) -> None:
@@ -146,21 +163,41 @@ class UrlPolicy:
         if self.restricted_to_allowlist and not self.allowed_networks and host not in self.allowed_hosts:
             raise self.refusal(host)
 
-    def check_address(self, host: str, address: IPAddress) -> None:
-        """Refuse `address` (one that `host` resolved to) unless the policy allows it."""
+    def check_address(self, host: str, address: IPAddress, literal: bool = False) -> None:
+        """Refuse `address` (one that `host` resolved to, or `host` itself when `literal`)
+        unless the policy allows it."""
         # Named explicitly: a CIDR entry, or an address literal listed and used as the host.
         named = any(address in net for net in self.allowed_networks) or (
             host in self.allowed_hosts and _is_literal_of(host, address)
         )
         if named:
             return
+        shown = address if literal else None
         if is_metadata_address(address):
-            raise self.refusal(host)
+            raise self.refusal(host, shown)
         if self.restricted_to_allowlist and host not in self.allowed_hosts:
-            raise self.refusal(host)
+            raise self.refusal(host, shown)
         if self.allow_private or is_public_address(address):
             return
-        raise self.refusal(host)
+        raise self.refusal(host, shown)
+
+
+def address_kind(address: IPAddress) -> str:
+    """What kind of non-public address this is, in words."""
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        return address_kind(inner)
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_private or any(address in n for n in _NON_GLOBAL_NETWORKS if n.version == address.version):
+        return "a private address"
+    return "not a public address"
 
 
 def _is_literal_of(host: str, address: IPAddress) -> bool:

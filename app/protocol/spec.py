@@ -70,9 +70,16 @@ def max_json_values(limits: SizeLimits) -> int:
     return 16 * limits.max_images + limits.max_texts * (limits.max_text_chars + 1) + 1024
 
 
+_COUNT_SETTINGS = {"images": "MAX_IMAGES_PER_REQUEST", "texts": "MAX_TEXTS_PER_REQUEST"}
+
+
 def _check_count(name: str, count: int, limit: int, what: str) -> None:
     if count > limit:
-        raise PayloadTooLarge(f"input '{name}' has {count} {what}, over the limit of {limit} per request")
+        raise PayloadTooLarge(
+            f"input '{name}' has {count} {what}, over the limit of {limit} per request "
+            f"({_COUNT_SETTINGS[what]}); "
+            "split it into several requests"
+        )
 
 
 def build_spec(parsed: ParsedRequest, limits: SizeLimits) -> EmbedRequestSpec:

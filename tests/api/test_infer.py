@@ -147,3 +147,14 @@ def test_parameters_timeout_bounds_the_request(dinov2_server, chelsea_bytes):
     assert response.status_code == 504 and "300 ms" in response.json()["error"]
     assert elapsed < 2.0
     assert post(dinov2_server, image_request([data_uri(chelsea_bytes)])).status_code == 200
+
+
+def test_openai_text_to_an_image_only_model_names_the_missing_text_tower(dinov2_server, chelsea_bytes):
+    url = f"{dinov2_server.url}/v1/embeddings"
+    for text in ("hello", ["dogs", "a photo of a cat"]):  # "dogs" is valid base64, not an image
+        answer = httpx.post(url, json={"model": "dinov2-large", "input": text}, timeout=60)
+        assert answer.status_code == 400, answer.text
+        assert "has no text tower: text embeddings need a full CLIP or SigLIP model" in answer.json()["error"]["message"]
+    # An image source is still embedded without saying modality=image.
+    answer = httpx.post(url, json={"model": "dinov2-large", "input": data_uri(chelsea_bytes)}, timeout=60)
+    assert answer.status_code == 200 and len(answer.json()["data"]) == 1

@@ -107,3 +107,34 @@ def test_json_logs_are_one_object_per_line(tiny_models, tmp_path):
     assert any("loaded model" in r["message"] for r in records)
     assert any("shutting down" in r["message"] for r in records)
     assert "SECRET-TOKEN" not in stderr and "base64" not in stderr
+
+
+def test_docs_assets_are_counted_by_their_route(dinov2_server):
+    page = httpx.get(f"{dinov2_server.url}/docs").text
+    asset = page.split('src="', 1)[1].split('"', 1)[0]
+    assert httpx.get(f"{dinov2_server.url}{asset}").status_code == 200
+    assert httpx.get(f"{dinov2_server.url}/openapi.json").status_code == 200
+    metrics = httpx.get(f"{dinov2_server.url}/metrics").text
+    routes = {
+        sample.labels["route"]
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "embed_http_requests"
+        for sample in family.samples
+    }
+    assert {"/static-offline-docs/{path}", "/openapi.json", "/docs"} <= routes
+    assert "unmatched" not in routes
+
+
+def test_sigterm_on_an_idle_server_does_not_wait_out_the_drain(tiny_models, tmp_path):
+    """Nothing in flight and nobody sending: the drain ends after a quiet second, not after
+    SHUTDOWN_DRAIN_S (30 s here)."""
+    import time
+
+    with app_process(tiny_models["dinov2"], tmp_path, "--shutdown-drain-s", "30") as process:
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+        elapsed = time.monotonic() - started
+    print(f"idle SIGTERM: exit {code} in {elapsed:.1f} s")
+    assert code in (0, -signal.SIGTERM)
+    assert elapsed < 20

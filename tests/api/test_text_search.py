@@ -87,7 +87,7 @@ def test_tritonclient_sends_text_as_bytes(server):
          400, "carries input 'image' or input 'text', not both"),
         ({"inputs": [{"name": "normalize", "shape": [1], "datatype": "BYTES", "data": ["true"]}]},
          400, "missing input 'image' (BYTES: URLs, data URIs, base64 or image files) or 'text'"),
-        (text_request(["a"] * 9), 413, "input 'text' has 9 texts, over the limit of 8 per request"),
+        (text_request(["a"] * 9), 413, "input 'text' has 9 texts, over the limit of 8 per request (MAX_TEXTS_PER_REQUEST)"),
         (text_request(["ok", "x" * 301]), 400, "input 'text' element 1 has 301 characters, over the limit of 300"),
         (text_request(["a cat"], pooling_strategy="max"), 400, "'max' applies to images"),
         ({"inputs": [{"name": "text", "shape": [1], "datatype": "INT32", "data": [1]}]},

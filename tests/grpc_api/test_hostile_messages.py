@@ -81,7 +81,7 @@ HOSTILE = {
     ),
     "too many images": (
         request(tensor(shape=(65,), bytes_contents=[JPEG] * 65)),
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "input 'image' has 65 images, over the limit of 64",
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "input 'image' has 65 images, over the limit of 64 per request (MAX_IMAGES_PER_REQUEST)",
     ),
     "raw BYTES length past the end": (
         request(tensor(), raw=[struct.pack("<I", 1_000_000) + JPEG]),

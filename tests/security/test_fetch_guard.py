@@ -68,9 +68,11 @@ def test_hostnames_resolving_to_internal_addresses_are_refused(host, tripwire):
     ],
 )  # fmt: skip
 def test_literal_internal_addresses_are_refused(url, tripwire):
-    with pytest.raises(PolicyRefusal, match="refused by policy"):
+    with pytest.raises(PolicyRefusal, match="refused by policy") as refusal:
         fetch(url, resolver=resolver_for({}))
     assert tripwire.attempts == []
+    # The client's own literal: the message says what kind of address it is, and what allows it.
+    assert " is a " in str(refusal.value) and "URL_ALLOWLIST" in str(refusal.value)
 
 
 LOOPBACK_SPELLINGS = [
@@ -223,6 +225,6 @@ def test_a_resolver_error_of_any_type_is_a_refusal(tripwire):
     async def broken(host, port):
         raise RuntimeError("the resolver fell over")
 
-    with pytest.raises(PolicyRefusal, match="does not resolve to an address this server may fetch"):
+    with pytest.raises(PolicyRefusal, match="does not resolve to a public address \(refused by policy\)"):
         fetch("http://images.test/image.jpg", resolver=broken)
     assert tripwire.attempts == []

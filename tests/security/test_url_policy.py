@@ -107,3 +107,38 @@ def test_urls_the_policy_refuses_before_resolving(url, words):
 def test_urls_can_be_switched_off():
     with pytest.raises(PolicyRefusal, match="disabled"):
         UrlPolicy(allow_urls=False).check_url("https://example.com/a.jpg")
+
+
+@pytest.mark.parametrize(
+    ("literal", "kind"),
+    [
+        ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"), ("10.1.2.3", "a private address"),
+        ("fd00::1", "a private address"), ("100.64.0.1", "a private address"),
+        ("169.254.0.9", "a link-local address"), ("::ffff:192.168.0.1", "a private address"),
+        ("0.0.0.0", "the unspecified address"), ("224.0.0.1", "a multicast address"),
+    ],
+)  # fmt: skip
+def test_a_refused_address_literal_says_what_it_is_and_what_would_allow_it(literal, kind):
+    """An address the client wrote itself: naming its kind tells it nothing new."""
+    with pytest.raises(PolicyRefusal) as refusal:
+        UrlPolicy().check_address(literal, ipaddress.ip_address(literal), literal=True)
+    message = str(refusal.value)
+    assert f"host {literal!r} is {kind} (refused by policy)" in message
+    assert "ALLOW_PRIVATE_URLS=true" in message and "URL_ALLOWLIST" in message
+
+
+def test_a_metadata_literal_names_only_the_allow_list():
+    with pytest.raises(PolicyRefusal) as refusal:
+        UrlPolicy(allow_private=True).check_address("169.254.169.254", ipaddress.ip_address("169.254.169.254"), True)
+    assert "is a cloud metadata address (refused by policy); only a URL_ALLOWLIST entry" in str(refusal.value)
+
+
+def test_a_refused_name_names_the_settings_but_not_what_dns_said():
+    messages = set()
+    for address in ("127.0.0.1", "10.0.0.1", "169.254.169.254", "fd00::1"):
+        with pytest.raises(PolicyRefusal) as refusal:
+            UrlPolicy().check_address("images.internal", ipaddress.ip_address(address))
+        messages.add(str(refusal.value))
+    [message] = messages  # one message, whatever the name resolved to
+    assert message.startswith("host 'images.internal' does not resolve to a public address (refused by policy)")
+    assert "URL_ALLOWLIST" in message and "ALLOW_PRIVATE_URLS=true" in message

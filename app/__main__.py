@@ -69,6 +69,16 @@ def main(argv: list[str] | None = None) -> None:
     except RepositoryError as exc:
         sys.stderr.write(f"invalid model repository: {exc}\n")
         raise SystemExit(2) from None
+    if settings.model_repository is None:
+        # One model: a setting that cannot work stops the process now, not after the server
+        # has started (a repository's models are checked as each loads; the others serve on).
+        from app.embedding.preflight import StartupError, check_model_settings
+
+        try:
+            check_model_settings(settings)
+        except StartupError as exc:
+            sys.stderr.write(f"invalid settings: {exc}\n")
+            raise SystemExit(2) from None
     common = dict(
         host=settings.host,
         port=settings.port,
@@ -98,6 +108,7 @@ def serve_models(settings: Settings, uvicorn_options: dict) -> None:
 
     app = create_app(settings)
     DrainingServer(uvicorn.Config(app, **uvicorn_options), app.state.models, settings.shutdown_drain_s).run()
+    # (A repository's model that fails to load is marked failed; the others serve on.)
 
 
 def serve_with_model_on_main_thread(settings: Settings, uvicorn_options: dict) -> None:
@@ -116,6 +127,13 @@ def serve_with_model_on_main_thread(settings: Settings, uvicorn_options: dict) -
     server = DrainingServer(
         uvicorn.Config(app, **uvicorn_options), app.state.models, settings.shutdown_drain_s
     )
+    failures: list[str] = []
+
+    def stop_after_failed_start(message: str) -> None:
+        failures.append(message)
+        server.should_exit = True  # no drain: the server was never ready
+
+    app.state.on_failed_start = stop_after_failed_start
     serving = threading.Event()
     serving.set()
 
@@ -132,6 +150,9 @@ def serve_with_model_on_main_thread(settings: Settings, uvicorn_options: dict) -
     http.start()
     host.serve(keep_going=serving)
     http.join()
+    if failures:
+        sys.stderr.write(f"start-up failed: {failures[0]}\n")
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

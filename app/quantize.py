@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, required=True, help="calibration images (at least 8)")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist or be empty)")
     parser.add_argument("--max-cosine-drop", type=float, default=0.005, help="QUANTIZE_MAX_COSINE_DROP")
+    parser.add_argument(
+        "--min-neighbours-kept", type=float, default=1.0, help="QUANTIZE_MIN_NEIGHBOURS_KEPT (1: every one)"
+    )
     parser.add_argument("--cache", type=Path, help="MODEL_CACHE_DIR (for the embedded default model)")
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
@@ -33,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = dict(
         model_id=args.model, model_dir="/nonexistent", runtime="openvino", quantize="int8",
         calibration_dir=args.images, quantize_max_cosine_drop=args.max_cosine_drop,
+        quantize_min_neighbours_kept=args.min_neighbours_kept,
     )  # fmt: skip
     if args.cache:
         fields["model_cache_dir"] = args.cache
@@ -47,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     fidelity = info.fidelity
-    print(f"int8 model of {info.model_id} written to {args.out}")
     print(
         f"held-out calibration images ({fidelity['images']}), {info.default_pooling} pooling, against "
         f"float32: min cosine {fidelity['min_cosine']:.5f}, mean cosine {fidelity['mean_cosine']:.5f}, "
         f"nearest neighbour kept {fidelity['neighbours_kept']}/{fidelity['images']}"
     )
     print(json.dumps({"fidelity": fidelity}))
+    from app.embedding.quantization import check_fidelity_gate
+
+    try:
+        check_fidelity_gate(fidelity, args.max_cosine_drop, args.min_neighbours_kept)
+    except ValueError as exc:
+        shutil.rmtree(args.out, ignore_errors=True)  # not a model to serve: nothing is left to serve
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"int8 model of {info.model_id} written to {args.out}")
     print(f"serve it with: RUNTIME=openvino MODEL_ID={args.out} python -m app")
     return 0
 

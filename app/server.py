@@ -72,6 +72,7 @@ def create_app(
         log.info("starting: serving model %s on %s:%d", names, settings.host, settings.port)
         grpc_server = await start_grpc_server(settings, plane, metrics) if settings.grpc_port else None
         loading = registry.start()
+        loading.add_done_callback(lambda _: _report_failed_start(app, registry))
         try:
             yield
         finally:
@@ -106,8 +107,19 @@ def create_app(
     app.include_router(repository.router)
     app.include_router(openai.router)
     app.include_router(metrics_route.router)
-    _document_infer_request(app)
+    _document_infer_request(app, registry)
     return app
+
+
+def _report_failed_start(app: FastAPI, registry: ModelRegistry) -> None:
+    """A single model that failed to load: `python -m app` exits (app.state.on_failed_start)
+    rather than stay up answering 503. An app without that hook (tests, WORKERS > 1) stays
+    up, live false."""
+    on_failed_start = getattr(app.state, "on_failed_start", None)
+    if on_failed_start is None or len(registry) != 1 or not registry.broken:
+        return
+    [model] = list(registry)
+    on_failed_start(f"model '{model.name}' failed to load: {model.load_error}")
 
 
 def create_app_from_environment() -> FastAPI:
@@ -117,10 +129,13 @@ def create_app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-def _document_infer_request(app: FastAPI) -> None:
+def _document_infer_request(app: FastAPI, registry: ModelRegistry) -> None:
     """The infer route reads its body raw (any Content-Type, binary data), so FastAPI cannot
-    see its schema: add InferRequest to the OpenAPI components by hand."""
+    see its schema: add InferRequest to the OpenAPI components by hand. Every `model_name`
+    parameter gets a served model's name as its example, which Swagger UI's "Try it out"
+    fills in."""
     build = app.openapi
+    served = next(iter(registry)).name
 
     def openapi():
         if app.openapi_schema is None:
@@ -129,6 +144,12 @@ def _document_infer_request(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(infer_schema.pop("$defs", {}))
             components["InferRequest"] = infer_schema
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", ()):
+                        if parameter.get("name") == "model_name":
+                            parameter["example"] = served
+                            parameter.setdefault("schema", {})["example"] = served
         return app.openapi_schema
 
     app.openapi = openapi

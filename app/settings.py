@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         description="int8: layers go back to float until the held-out images' min cosine to float32 "
         "is within this of 1",
     )
+    quantize_min_neighbours_kept: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="int8: the share of held-out images that must keep their nearest neighbour "
+        "(1: every one); below it the server refuses to serve int8",
+    )
     openvino_hint: OpenVinoHint = Field(
         OpenVinoHint.THROUGHPUT,
         description="throughput (several batches in flight on their own streams) or latency (one "

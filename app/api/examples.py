@@ -37,9 +37,11 @@ CAT_JPEG_BASE64 = (
     "IwWHNYA1C3g1lo/LLO3Ax61tLNcdTGqD/aat0Zn/2Q=="
 )
 
+NEEDS_EGRESS = "needs the server to reach the internet"
+
 INFER_EXAMPLES = {
     "inline_photo": {
-        "summary": "A real photo, inline (works as it is)",
+        "summary": "A real photo, inline as a data URI, normalised",
         "value": {
             "inputs": [
                 {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["data:image/jpeg;base64," + CAT_JPEG_BASE64]},
@@ -47,42 +49,35 @@ INFER_EXAMPLES = {
             ]
         },
     },
-    "single_url": {
-        "summary": "Single image (URL)",
+    "single_base64": {
+        "summary": "Single image (bare Base64), mean pooling",
         "value": {
             "inputs": [
-                {"name": "image", "shape": [1], "datatype": "BYTES", "data": [CAR_URL]},
+                {"name": "image", "shape": [1], "datatype": "BYTES", "data": [CAT_JPEG_BASE64]},
                 {"name": "pooling_strategy", "shape": [1], "datatype": "BYTES", "data": ["mean"]},
             ]
         },
     },
-    "single_base64": {
-        "summary": "Single image (Base64)",
-        "value": {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [1],
-                    "datatype": "BYTES",
-                    "data": ["data:image/jpeg;base64,/9j/4AAQSkZJRgABAQEA..."],
-                }
-            ]
-        },
-    },
     "batch": {
-        "summary": "Multiple images batch",
+        "summary": "A batch of two images, with the raw embeddings as a second output",
         "value": {
             "inputs": [
                 {
                     "name": "image",
                     "shape": [2],
                     "datatype": "BYTES",
-                    "data": [
-                        "https://example.com/path/to/image1.jpg",
-                        "https://example.com/path/to/image2.jpg",
-                    ],
+                    "data": ["data:image/jpeg;base64," + CAT_JPEG_BASE64, CAT_JPEG_BASE64],
                 },
                 {"name": "include_raw", "shape": [1], "datatype": "BYTES", "data": ["true"]},
+            ]
+        },
+    },
+    "single_url": {
+        "summary": f"Single image by URL ({NEEDS_EGRESS})",
+        "value": {
+            "inputs": [
+                {"name": "image", "shape": [1], "datatype": "BYTES", "data": [CAR_URL]},
+                {"name": "pooling_strategy", "shape": [1], "datatype": "BYTES", "data": ["mean"]},
             ]
         },
     },

@@ -5,6 +5,7 @@ torch here either); `Embedder` (app/embedding/embedder.py) is the torch implemen
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -120,15 +121,24 @@ def embed_images(
     return np.concatenate(pieces, axis=0), timings
 
 
+# One load at a time in a process: transformers imports its model classes lazily, and two
+# threads importing at once can find a module half-initialised ("cannot import name
+# 'AutoModel'"), which failed one model of a repository loading several at start-up.
+_ONE_LOAD_AT_A_TIME = threading.Lock()
+
+
 def load_backend(settings: Settings) -> RuntimeBackend:
     """The backend the settings ask for, loaded and warmed up. The runtime is imported
     here, not at module level: the serving side stays importable without it."""
+    from app.embedding.preflight import check_model_settings
     from app.settings import RuntimeSetting
 
-    if settings.runtime == RuntimeSetting.OPENVINO:
-        from app.embedding.openvino_backend import OpenVinoBackend
+    with _ONE_LOAD_AT_A_TIME:
+        check_model_settings(settings)  # a setting that cannot work fails in one line, before loading
+        if settings.runtime == RuntimeSetting.OPENVINO:
+            from app.embedding.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend.from_settings(settings)
-    from app.embedding.embedder import Embedder
+            return OpenVinoBackend.from_settings(settings)
+        from app.embedding.embedder import Embedder
 
-    return Embedder.from_settings(settings)
+        return Embedder.from_settings(settings)

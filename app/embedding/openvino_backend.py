@@ -20,7 +20,7 @@ from app.embedding.loader import resolve_source
 from app.embedding.openvino_export import ExportInfo, ensure_export
 from app.embedding.pooling import PoolingStrategy, check_supported
 from app.errors import BadRequest
-from app.settings import DTypeSetting, Settings
+from app.settings import DTypeSetting, QuantizeSetting, Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ class OpenVinoBackend:
         started = time.perf_counter()
         source = resolve_source(settings)
         folder, info = ensure_export(settings, source)
+        if settings.quantize == QuantizeSetting.INT8 and info.fidelity is not None:
+            from app.embedding.quantization import check_fidelity_gate
+
+            check_fidelity_gate(info.fidelity, settings.quantize_max_cosine_drop, settings.quantize_min_neighbours_kept)
         backend = cls(folder, info, settings)
         backend.warm_up()
         log.info(

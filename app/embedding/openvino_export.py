@@ -144,8 +144,9 @@ def export_key(folder: Path, settings: Settings) -> str:
         "poolings": [p.value for p in adapter.supported] if adapter is not None else "probed",
     }
     if settings.quantize == QuantizeSetting.INT8:
-        import nncf
+        from app.embedding.preflight import import_nncf
 
+        nncf = import_nncf()
         material |= {
             "nncf": nncf.__version__,
             "calibration": folder_digest(settings.calibration_dir),
@@ -196,7 +197,11 @@ def _convert(folder: Path, model_id: str, settings: Settings):
     # The tracer warns where a shape becomes a constant (padding from the input's height and
     # width, a pooled output's size): the image size is fixed by the processor and the batch
     # stays dynamic, so those constants hold for every request (tests compare each family).
-    with torch.no_grad(), warnings.catch_warnings(action="ignore", category=torch.jit.TracerWarning):
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # Tracing reads transformers' deprecated is_gradient_checkpointing (a FutureWarning on
+        # every conversion that says nothing to a user of this server).
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
         embedding_dim = int(graph(probe)[0].shape[-1])
         model = ov.convert_model(graph, example_input=probe, input=[ov.PartialShape([-1, *probe.shape[1:]])])
     for output, strategy in zip(model.outputs, adapter.supported, strict=True):

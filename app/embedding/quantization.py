@@ -13,6 +13,7 @@ as NNCF's transformer model type."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,8 +64,11 @@ def split_held_out(items: list) -> tuple[list, list]:
 def quantize_int8(model, pixels: list[np.ndarray], output: str, transformer: bool, max_drop: float):
     """(int8 ov.Model, Fidelity on the held-out images). `pixels`: one preprocessed
     [3, H, W] image each; `output`: the pooled output the check compares."""
-    import nncf
     import openvino as ov
+
+    from app.embedding.preflight import import_nncf
+
+    nncf = import_nncf()
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-step lines; ours sums them up
     calibration, held_out = split_held_out([p[None] for p in pixels])
@@ -109,3 +113,22 @@ def outer_layers(model, fraction: float = KEPT_IN_FLOAT) -> list[str]:
 
 def _embed(compiled, pixels: list[np.ndarray], output: str) -> np.ndarray:
     return l2_normalised(np.concatenate([compiled(p)[output] for p in pixels]))
+
+
+def check_fidelity_gate(fidelity: dict, max_cosine_drop: float, min_neighbours_kept: float) -> None:
+    """An int8 model is served only when a search over its embeddings would find what
+    float32's finds: every held-out image (or the share asked for) keeps its nearest
+    neighbour, and the minimum cosine to float32 is within the allowed drop."""
+    from app.embedding.preflight import StartupError
+
+    images, kept, min_cosine = fidelity["images"], fidelity["neighbours_kept"], fidelity["min_cosine"]
+    needed = math.ceil(min_neighbours_kept * images - 1e-9)
+    if kept >= needed and min_cosine >= 1 - max_cosine_drop - 1e-9:
+        return
+    raise StartupError(
+        f"QUANTIZE=int8: on the {images} held-out calibration images the int8 model kept the nearest "
+        f"neighbour of {kept}/{images} (QUANTIZE_MIN_NEIGHBOURS_KEPT={min_neighbours_kept:g} needs {needed}) "
+        f"with min cosine {min_cosine:.5f} (QUANTIZE_MAX_COSINE_DROP={max_cosine_drop:g} needs "
+        f"{1 - max_cosine_drop:.5f}); add more calibration photos like the ones you embed, or "
+        "allow a larger loss with those settings, or serve float32 (unset QUANTIZE)"
+    )

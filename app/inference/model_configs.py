@@ -22,8 +22,8 @@ SETTINGS_FILE = "serving.json"
 # The settings a model may set for itself: how it is loaded, run and pooled.
 PER_MODEL_SETTINGS = frozenset({
     "model_id", "pooling_strategy", "normalize_embeddings", "dtype", "device", "runtime", "quantize",
-    "calibration_dir", "quantize_max_cosine_drop", "openvino_hint", "max_batch_size",
-    "max_batch_wait_ms", "compile", "channels_last", "fast_preprocessing", "torch_threads",
+    "calibration_dir", "quantize_max_cosine_drop", "quantize_min_neighbours_kept", "openvino_hint",
+    "max_batch_size", "max_batch_wait_ms", "compile", "channels_last", "fast_preprocessing", "torch_threads",
 })  # fmt: skip
 LOAD_AT_STARTUP = "load_at_startup"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

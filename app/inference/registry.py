@@ -156,6 +156,16 @@ class ModelRegistry:
         for model in self:
             model.start_draining()
 
+    def quiet_for(self, seconds: float) -> bool:
+        """Draining, nothing in flight, and no request refused for `seconds` (read from the
+        shutdown thread: plain attribute reads)."""
+        now = time.monotonic()
+        return all(
+            model.draining and model.in_flight == 0 and model.admitted_images == 0
+            and now - model.last_refused_draining >= seconds
+            for model in self
+        )  # fmt: skip
+
     # --- health ----------------------------------------------------------------------------
 
     @property
@@ -172,14 +182,18 @@ class ModelRegistry:
         for model in self:
             if model.loaded and not model.ready:
                 return False
-            if model.load_at_startup and not model.loaded and not self._loads_on_demand(model):
+            failed_at_start = model.broken  # marked in the index; the others serve
+            if model.load_at_startup and not model.loaded and not failed_at_start and not self._loads_on_demand(model):
                 return False
         return True
 
     @property
     def broken(self) -> bool:
-        """A start-up model failed to load: the server is dead (liveness fails)."""
-        return any(model.broken for model in self)
+        """Every start-up model failed to load: the server is dead (liveness fails). In a
+        repository where others loaded, the failed ones are marked in the index instead,
+        and the server serves the rest."""
+        startup = [model for model in self if model.load_at_startup]
+        return bool(startup) and all(model.broken for model in startup)
 
     def index(self, ready_only: bool = False) -> list[dict]:
         """The V2 repository index (Triton's shape): every model, its state and why."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from app.embedding.backend import TEXT, PoolRequest, RuntimeBackend, load_backend
 from app.embedding.pooling import PoolingStrategy
+from app.embedding.preflight import StartupError
 from app.errors import BadRequest, ModelNotFound, Overloaded, ServiceError, ServiceUnavailable
 from app.inference.batcher import DynamicBatcher, WorkerDied
 from app.inference.model_thread import ModelHost, OwnThread, run_in_passing_thread
@@ -83,8 +84,10 @@ class ServedModel:
         self.backend: RuntimeBackend | None = None
         self.batcher: DynamicBatcher | None = None
         self.load_error: str | None = None
+        self.settings_error: str | None = None  # the preflight's line, for the repository index
         self.startup_failed = False  # the start-up load failed: the server is dead (registry)
         self.draining = False
+        self.last_refused_draining = 0.0  # when the drain began or last refused a request
         self.stats = ModelStatistics(self.name, MODEL_VERSION)
         self.admitted_images = 0  # admitted and not yet answered: the backpressure bound
         self.in_flight = 0  # requests between model lookup and answer: an unload waits for them
@@ -135,10 +138,14 @@ class ServedModel:
                 backend.check_pooling(self.settings.pooling_strategy)
         except Exception as exc:  # noqa: BLE001 - any load failure leaves the model unready
             # The details (paths, repo ids) go to the log only; clients are told to look there.
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("model '%s' failed to load: %s", self.name, self.load_error)
+            # One line: transformers' messages run over several.
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.load_error = f"{type(exc).__name__}: {first_line}"
+            # A setting that cannot work is the operator's to fix: the index says which.
+            self.settings_error = str(exc) if isinstance(exc, StartupError) else None
+            log.error("model '%s' failed to load: %s: %s", self.name, type(exc).__name__, exc)
             return
-        self.load_error = None
+        self.load_error = self.settings_error = None
         self.metrics.load_seconds.labels(self.name).set(time.perf_counter() - started)
         runtime = backend.describe()
         self._info_labels = (self.name, backend.model_id, backend.model_type, runtime["device"], runtime["dtype"])
@@ -235,6 +242,7 @@ class ServedModel:
         """SIGTERM: readiness turns false and new requests get 503; in-flight ones finish."""
         if not self.draining:
             log.info("draining: refusing new requests, finishing %d admitted images", self.admitted_images)
+            self.last_refused_draining = time.monotonic()
         self.draining = True
 
     async def close(self) -> None:
@@ -264,6 +272,8 @@ class ServedModel:
             return "UNLOADING", "unloading"
         if self.loaded:
             return "READY", ""
+        if self.settings_error:
+            return "UNAVAILABLE", f"failed to load: {self.settings_error}"
         if self.load_error:
             return "UNAVAILABLE", "failed to load; see the server log"
         return "UNAVAILABLE", self.unloaded_reason
@@ -289,6 +299,7 @@ class ServedModel:
     def require_ready(self) -> RuntimeBackend:
         backend = self.require_loaded()
         if self.draining:
+            self.last_refused_draining = time.monotonic()  # still routed here: keep draining
             raise ServiceUnavailable("server is shutting down; send the request to another replica")
         if self._unloading:
             raise ServiceUnavailable(f"model '{self.name}' is unloading")

@@ -191,13 +191,24 @@ def test_ctrl_c_leaves_a_valid_partial_output(server, photos, tmp_path):
     jpgs = sorted(str(p) for p in photos.rglob("*.jpg"))
     many.write_text("\n".join(f"{p}" for p in jpgs * 1) + "\n")
     out = tmp_path / "out.parquet"
-    with forwarding_server(server.url, busy_first=1000) as (url, _):  # never answers with embeddings
+    with (
+        forwarding_server(server.url, busy_first=1000) as (busy, busy_state),  # never answers with embeddings
+        forwarding_server(server.url) as (live, live_state),
+    ):
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.client", str(many), "--server", url, "--server", server.url,
+            [sys.executable, "-m", "app.client", str(many), "--server", busy, "--server", live,
              "--model", "dinov2", "--out", str(out), "--batch", "1", "--concurrency", "1", "--no-progress"],
             cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            # Ctrl-C must reach it even when this test runs in a background job (which starts
+            # with SIGINT ignored, and children inherit that).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
-        time.sleep(3)  # the live server has embedded some; the busy one holds the rest back
+        # Interrupted at a protocol point, not after a guessed time: once the live server has
+        # embedded one image (each further one waits a second's Retry-After on the busy one).
+        deadline = time.monotonic() + 120
+        while live_state["forwarded"] < 1 or busy_state["busy"] < 2:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr

@@ -17,6 +17,9 @@ from app.protocol.spec import EmbedRequestSpec
 # Bodies past this size (or compressed) are inflated and parsed in a thread: tens of
 # milliseconds of work that would otherwise stall every other request and the probes.
 PARSE_ON_LOOP_BYTES = 256 * 1024
+# How long a body whose declared length does not fit MAX_REQUEST_BYTES_IN_FLIGHT waits for
+# room before its 503 (its client is held meanwhile, nothing of the body is read).
+BODY_ROOM_WAIT_S = 2.0
 
 
 async def read_body(request: Request, max_bytes: int, reservation: Reservation) -> bytes:
@@ -27,7 +30,9 @@ async def read_body(request: Request, max_bytes: int, reservation: Reservation) 
     if declared and declared.isdigit():
         if int(declared) > max_bytes:
             raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
-        reservation.grow(int(declared))
+        # A short wait for room before the 503: the bytes held may be a gRPC message's room
+        # reserved for the milliseconds it takes to read (app/grpc_api/receive.py).
+        await reservation.grow_waiting(int(declared), BODY_ROOM_WAIT_S)
     chunks = []
     received = 0
     try:

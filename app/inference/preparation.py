@@ -55,6 +55,11 @@ class ImagePreparer:
                     f"server is decoding other images at its limit of {self.settings.max_decoding_pixels} "
                     "pixels in flight (MAX_DECODING_PIXELS); retry shortly"
                 ) from None
+            if waiting.fetching == 0:  # no slow URL: the server's own decoding took the time
+                raise Overloaded(
+                    f"server is too busy to decode this request's images within {budget:g} s "
+                    "(FETCH_TOTAL_TIMEOUT_S); retry shortly"
+                ) from None
             raise BadRequest(f"input 'image': fetching and decoding took longer than {budget:g} s") from None
         except BaseExceptionGroup as failures:
             raise _first_failure(failures) from None
@@ -64,7 +69,11 @@ class ImagePreparer:
         try:
             source = classify(element)
             if source.kind is SourceKind.URL:
-                data = await self.fetcher.fetch(source.value)
+                waiting.fetching += 1
+                try:
+                    data = await self.fetcher.fetch(source.value)
+                finally:
+                    waiting.fetching -= 1
                 image = await self._in_thread(self._open, data, preprocessor)
             else:
                 # base64 of a large photo takes milliseconds: in the thread too, off the event loop.
@@ -125,9 +134,12 @@ class ImagePreparer:
 
 class _BudgetWait:
     """Whether an element of one request was still waiting for the decoding budget when
-    the request was cancelled (its deadline, or another element's failure)."""
+    the request was cancelled (its deadline, or another element's failure), and how many
+    of its URLs were still being fetched (a slow host is the request's; slow decoding with
+    none, the server's)."""
 
     stalled = False
+    fetching = 0
 
 
 def _first_failure(group: BaseExceptionGroup) -> BaseException:

@@ -225,6 +225,6 @@ def test_a_resolver_error_of_any_type_is_a_refusal(tripwire):
     async def broken(host, port):
         raise RuntimeError("the resolver fell over")
 
-    with pytest.raises(PolicyRefusal, match="does not resolve to a public address \(refused by policy\)"):
+    with pytest.raises(PolicyRefusal, match=r"does not resolve to a public address \(refused by policy\)"):
         fetch("http://images.test/image.jpg", resolver=broken)
     assert tripwire.attempts == []

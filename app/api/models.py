@@ -35,7 +35,15 @@ INFER_OPENAPI = {
             },
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
+    # With raw_embeddings as binary data (include_raw, or binary_data outputs) the answer is
+    # a JSON header followed by the tensor bytes (Inference-Header-Content-Length).
+    "responses": {
+        "200": {
+            "description": "A V2 inference response",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
 }
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import importlib.util
 import itertools
 import json
 import os
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from app.installed import is_installed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 FLUSH_ROWS = 1024  # rows per part file
@@ -426,20 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def missing_modules(*names: str) -> list[str]:
-    missing = []
-    for name in names:
-        try:
-            if importlib.util.find_spec(name) is None:
-                missing.append(name)
-        except ValueError:  # a module entry without a spec: not importable
-            missing.append(name)
-    return missing
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    missing = missing_modules("pyarrow", "tqdm")
+    missing = [name for name in ("pyarrow", "tqdm") if not is_installed(name)]
     if missing:
         sys.exit(
             f"python -m app.client needs {' and '.join(missing)}, which the server's requirements do not "

@@ -6,12 +6,12 @@ model that fails it is marked failed with that line as the reason."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 from app.embedding.file_digest import folder_files
 from app.embedding.model_folder import find_model_folder
+from app.installed import is_installed
 from app.settings import QuantizeSetting, RuntimeSetting, Settings
 
 MODELS_WITHOUT_THE_HUB = "README.md, 'Models without the hub'"
@@ -127,17 +127,10 @@ def import_nncf():
     return nncf
 
 
-def nncf_installed() -> bool:
-    try:
-        return importlib.util.find_spec("nncf") is not None
-    except ValueError:  # a module entry without a spec: not importable
-        return False
-
-
 def _check_int8(settings: Settings) -> None:
     from app.embedding.quantization import MIN_CALIBRATION_IMAGES
 
-    if not nncf_installed():
+    if not is_installed("nncf"):
         raise StartupError(NNCF_MISSING)
     folder = settings.calibration_dir
     files = folder_files(folder)  # the readable images among them are counted again when loading

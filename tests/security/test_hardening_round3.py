@@ -299,6 +299,18 @@ def big_channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 128 * MIB)])
 
 
+def refused_at_once(stub: GRPCInferenceServiceStub, message, calls: int, **options) -> list[grpc.RpcError]:
+    """`calls` concurrent ModelInfer calls of `message`, each refused: their errors."""
+
+    def send(_):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(message, **options)
+        return refused.value
+
+    with ThreadPoolExecutor(calls) as pool:
+        return list(pool.map(send, range(calls)))
+
+
 def test_grpc_compression_bombs_are_refused_before_they_inflate(grpc_server):
     """8 gzip calls of about 60 KiB, each 60 MiB inflated (1000:1): RESOURCE_EXHAUSTED
     naming MAX_INFLATION_RATIO. Bound: +100 MiB (was +950 MiB)."""
@@ -308,13 +320,7 @@ def test_grpc_compression_bombs_are_refused_before_they_inflate(grpc_server):
         assert_serves_grpc(stub)
         baseline = grpc_server.memory.reset()
 
-        def send(_):
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.ModelInfer(bomb, timeout=60, compression=grpc.Compression.Gzip)
-            return refused.value
-
-        with ThreadPoolExecutor(8) as pool:
-            errors = list(pool.map(send, range(8)))
+        errors = refused_at_once(stub, bomb, 8, timeout=60, compression=grpc.Compression.Gzip)
         growth = grpc_server.memory.growth_mib(baseline)
         print(f"8 gzip bombs: +{growth:.0f} MiB")
         assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in errors), errors[0]
@@ -345,13 +351,7 @@ def test_grpc_messages_count_against_the_bytes_in_flight(grpc_server):
         assert_serves_grpc(stub)
         baseline = grpc_server.memory.reset()
 
-        def send(_):
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.ModelInfer(message, timeout=120)
-            return refused.value
-
-        with ThreadPoolExecutor(12) as pool:
-            errors = list(pool.map(send, range(12)))
+        errors = refused_at_once(stub, message, 12, timeout=120)
         growth = grpc_server.memory.growth_mib(baseline)
         print(f"12 x 60 MiB: +{growth:.0f} MiB", {e.details() for e in errors})
         assert {e.code() for e in errors} <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE}

@@ -193,11 +193,20 @@ def _table(ids: list[str], sources: list[str], vectors: np.ndarray):
 def encode_request(elements: list[bytes], pooling: str | None, normalize: bool | None) -> tuple[bytes, int]:
     """A binary V2 request: the image elements as BYTES tensor data, raw embeddings back."""
     chunk = b"".join(struct.pack("<I", len(e)) + e for e in elements)
-    inputs = [{"name": "image", "shape": [len(elements)], "datatype": "BYTES", "parameters": {"binary_data_size": len(chunk)}}]
+    inputs = [
+        {
+            "name": "image",
+            "shape": [len(elements)],
+            "datatype": "BYTES",
+            "parameters": {"binary_data_size": len(chunk)},
+        }
+    ]
     if pooling:
         inputs.append({"name": "pooling_strategy", "shape": [1], "datatype": "BYTES", "data": [pooling]})
     if normalize is not None:
-        inputs.append({"name": "normalize", "shape": [1], "datatype": "BYTES", "data": [str(normalize).lower()]})
+        inputs.append(
+            {"name": "normalize", "shape": [1], "datatype": "BYTES", "data": [str(normalize).lower()]}
+        )
     header = json.dumps(
         {"inputs": inputs, "outputs": [{"name": "raw_embeddings", "parameters": {"binary_data": True}}]}
     ).encode()
@@ -212,7 +221,9 @@ def decode_embeddings(response: httpx.Response, rows: int) -> np.ndarray:
         [output] = [o for o in header["outputs"] if o["name"] == "raw_embeddings"]
         answered, dim = (int(n) for n in output["shape"])
     except (KeyError, ValueError, TypeError) as exc:
-        raise MalformedAnswer(f"200 answer without a readable raw_embeddings output ({type(exc).__name__})") from None
+        raise MalformedAnswer(
+            f"200 answer without a readable raw_embeddings output ({type(exc).__name__})"
+        ) from None
     if answered != rows or dim <= 0 or len(response.content) - length != rows * dim * 4:
         raise MalformedAnswer(
             f"200 answer of shape [{answered}, {dim}] with {len(response.content) - length} bytes "
@@ -267,8 +278,12 @@ class BulkEmbedder:
         for start in range(0, len(items), self.settings.batch):
             batches.put_nowait(items[start : start + self.settings.batch])
         limits = httpx.Limits(max_connections=self.settings.concurrency * len(self.settings.servers))
-        async with httpx.AsyncClient(timeout=self.settings.timeout_s, limits=limits, trust_env=False) as client:
-            workers = [asyncio.create_task(self._work(client, batches)) for _ in range(self.settings.concurrency)]
+        async with httpx.AsyncClient(
+            timeout=self.settings.timeout_s, limits=limits, trust_env=False
+        ) as client:
+            workers = [
+                asyncio.create_task(self._work(client, batches)) for _ in range(self.settings.concurrency)
+            ]
             try:
                 await asyncio.gather(*workers)
             finally:
@@ -405,19 +420,28 @@ def _element_index(message: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app.client", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path, help="a folder, a text file of URLs/paths, or a .csv/.parquet file")
+    parser.add_argument(
+        "source", type=Path, help="a folder, a text file of URLs/paths, or a .csv/.parquet file"
+    )
     parser.add_argument("--column", help="the CSV/Parquet column of URLs or paths (default: the first)")
-    parser.add_argument("--server", action="append", required=True, help="server base URL (repeat for several)")
+    parser.add_argument(
+        "--server", action="append", required=True, help="server base URL (repeat for several)"
+    )
     parser.add_argument("--model", default="mobilenet-v2", help="model name in /v2/models/<name>/infer")
     parser.add_argument("--out", type=Path, required=True, help="output .parquet, or .npy (+ .ids.jsonl)")
     parser.add_argument("--batch", type=int, default=16, help="images per request")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument(
-        "--retries", type=int, default=8,
+        "--retries",
+        type=int,
+        default=8,
         help="retries of one batch for each kind of failure: refused connections; 503/429; 5xx and malformed answers",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-retry-after", type=float, default=60.0, help="longest wait a server's Retry-After can ask for (s)"
+        "--max-retry-after",
+        type=float,
+        default=60.0,
+        help="longest wait a server's Retry-After can ask for (s)",
     )
     parser.add_argument("--backoff", type=float, default=0.5, help="first backoff in seconds (doubles)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for one request")
@@ -442,9 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     done = output.done_ids()
     todo = [item for item in items if item.id not in done]
     settings = Settings(
-        args.server, args.model, args.batch, args.concurrency, args.retries, args.backoff, args.timeout,
-        max_retry_after_s=args.max_retry_after, pooling=args.pooling, normalize=args.normalize,
-    )  # fmt: skip
+        args.server,
+        args.model,
+        args.batch,
+        args.concurrency,
+        args.retries,
+        args.backoff,
+        args.timeout,
+        max_retry_after_s=args.max_retry_after,
+        pooling=args.pooling,
+        normalize=args.normalize,
+    )
     from tqdm import tqdm
 
     progress = tqdm(total=len(todo), unit="img", disable=args.no_progress, dynamic_ncols=True)

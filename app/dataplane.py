@@ -104,7 +104,9 @@ class DataPlane:
                 )
                 parameters = {"texts_truncated": tokenized.truncated}
             else:
-                embeddings = await self.embed_images(model, spec.images, spec.pooling, spec.normalize, deadline_s)
+                embeddings = await self.embed_images(
+                    model, spec.images, spec.pooling, spec.normalize, deadline_s
+                )
                 parameters = None
             return InferOutcome(model.name, model.model_id, spec, embeddings, parameters)
 
@@ -118,16 +120,24 @@ class DataPlane:
         return await self.models.acquire(model, deadline_s)
 
     async def embed_images(
-        self, model: ServedModel, images: list, pooling: PoolingStrategy | None,
-        normalize: bool | None, deadline_s: float | None = None,
-    ) -> np.ndarray:  # fmt: skip
+        self,
+        model: ServedModel,
+        images: list,
+        pooling: PoolingStrategy | None,
+        normalize: bool | None,
+        deadline_s: float | None = None,
+    ) -> np.ndarray:
         remaining = await self._ready(model, deadline_s)
         return await model.embed(images, pooling, normalize, remaining)
 
     async def embed_texts(
-        self, model: ServedModel, texts: list[str], pooling: PoolingStrategy | None,
-        normalize: bool | None, deadline_s: float | None = None,
-    ) -> tuple[np.ndarray, TokenizedTexts]:  # fmt: skip
+        self,
+        model: ServedModel,
+        texts: list[str],
+        pooling: PoolingStrategy | None,
+        normalize: bool | None,
+        deadline_s: float | None = None,
+    ) -> tuple[np.ndarray, TokenizedTexts]:
         """Text embeddings, and how the texts were tokenized (truncations, token counts)."""
         remaining = await self._ready(model, deadline_s)
         return await model.embed_texts(texts, pooling, normalize, remaining)
@@ -165,15 +175,21 @@ class DataPlane:
         scheme, _, given = (authorization or "").strip().partition(" ")
         # Constant-time comparison: the answer's timing must not reveal the token's prefix.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-            raise Unauthorized("repository load and unload need 'Authorization: Bearer <MODEL_CONTROL_TOKEN>'")
+            raise Unauthorized(
+                "repository load and unload need 'Authorization: Bearer <MODEL_CONTROL_TOKEN>'"
+            )
 
-    async def load(self, name: str, parameter_names: Iterable[str] = (), authorization: str | None = None) -> None:
+    async def load(
+        self, name: str, parameter_names: Iterable[str] = (), authorization: str | None = None
+    ) -> None:
         """A repository load; the load parameters this server cannot honour (a config or
         files sent with the call) are refused rather than silently ignored."""
         self.authorize_model_control(authorization)
         for key in parameter_names:
             if key.startswith(UNSUPPORTED_LOAD_PARAMETERS):
-                raise BadRequest(f"load parameter '{key}' is not supported: a model loads from its own folder")
+                raise BadRequest(
+                    f"load parameter '{key}' is not supported: a model loads from its own folder"
+                )
         await self.models.load(name)
 
     async def unload(self, name: str, authorization: str | None = None) -> None:

@@ -55,7 +55,9 @@ class TextFormatter(logging.Formatter):
             trace = self.formatException(record.exc_info)
             text += "\n" + "\n".join("    " + escape_control(line) for line in trace.splitlines())
         if record.stack_info:
-            text += "\n" + "\n".join("    " + line for line in self.formatStack(record.stack_info).splitlines())
+            text += "\n" + "\n".join(
+                "    " + line for line in self.formatStack(record.stack_info).splitlines()
+            )
         return text
 
 

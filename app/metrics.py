@@ -15,35 +15,54 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
-            "embed_http_requests", "HTTP requests by route template, method and status code",
-            ["route", "method", "status"], registry=registry,
-        )  # fmt: skip
+            "embed_http_requests",
+            "HTTP requests by route template, method and status code",
+            ["route", "method", "status"],
+            registry=registry,
+        )
         self.request_seconds = Histogram(
-            "embed_http_request_duration_seconds", "HTTP request latency by route template",
-            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "embed_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.grpc_requests = Counter(
-            "embed_grpc_requests", "gRPC calls by method and status code",
-            ["method", "code"], registry=registry,
-        )  # fmt: skip
+            "embed_grpc_requests",
+            "gRPC calls by method and status code",
+            ["method", "code"],
+            registry=registry,
+        )
         self.grpc_seconds = Histogram(
-            "embed_grpc_request_duration_seconds", "gRPC call latency by method",
-            ["method"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "embed_grpc_request_duration_seconds",
+            "gRPC call latency by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         # Per model (label `model`): a server may serve several (MODEL_REPOSITORY).
         model = ["model"]
         self.queue_seconds = Histogram(
-            "embed_queue_duration_seconds", "Time a request's images waited for a forward pass",
-            model, buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "embed_queue_duration_seconds",
+            "Time a request's images waited for a forward pass",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.compute_seconds = Histogram(
-            "embed_compute_duration_seconds", "Time of one forward pass with pooling",
-            model, buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "embed_compute_duration_seconds",
+            "Time of one forward pass with pooling",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.preprocess_seconds = Histogram(
-            "embed_preprocess_duration_seconds", "Time to fetch, decode and preprocess a request's images",
-            model, buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "embed_preprocess_duration_seconds",
+            "Time to fetch, decode and preprocess a request's images",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "embed_batch_size", "Images per forward pass", model, buckets=BATCH_BUCKETS, registry=registry
         )
@@ -55,8 +74,9 @@ class ServiceMetrics:
         self.executions = Counter(
             "embed_execution_count",
             "Forward passes run by the model (inference_count / execution_count = mean batch size)",
-            model, registry=registry,
-        )  # fmt: skip
+            model,
+            registry=registry,
+        )
         self.images_waiting = Gauge(
             "embed_images_waiting", "Images admitted and not yet answered", model, registry=registry
         )
@@ -64,13 +84,18 @@ class ServiceMetrics:
             "embed_requests_in_flight", "HTTP requests and gRPC calls being served", registry=registry
         )
         self.load_seconds = Gauge(
-            "embed_model_load_duration_seconds", "Time to load and warm up the model", model, registry=registry
+            "embed_model_load_duration_seconds",
+            "Time to load and warm up the model",
+            model,
+            registry=registry,
         )
         # Gauge rather than Info: one series per loaded model, removed when it unloads.
         self.model = Gauge(
-            "embed_model_info", "The loaded models (value 1)",
-            ["model", "model_id", "model_type", "device", "dtype"], registry=registry,
-        )  # fmt: skip
+            "embed_model_info",
+            "The loaded models (value 1)",
+            ["model", "model_id", "model_type", "device", "dtype"],
+            registry=registry,
+        )
 
     def record_execution(self, model: str, batch_size: int, compute_ns: int, queue_ns: list[int]) -> None:
         self.executions.labels(model).inc()

@@ -54,7 +54,9 @@ def check_loads(folder: Path) -> str:
 
     from app.embedding.loader import ModelSource, load_model
 
-    loaded = load_model(ModelSource(str(folder), folder.name, str(folder)), torch.device("cpu"), torch.float32)
+    loaded = load_model(
+        ModelSource(str(folder), folder.name, str(folder)), torch.device("cpu"), torch.float32
+    )
     towers = "image and text" if loaded.text is not None else "image"
     return f"{loaded.config.model_type} ({towers})"
 
@@ -74,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             fetch(args.model_id, args.out)
         except Exception as exc:  # noqa: BLE001 - one line for the hub's many errors
-            print(f"error: cannot fetch {args.model_id}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: cannot fetch {args.model_id}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                file=sys.stderr,
+            )
             return 1
     else:
         import tempfile
@@ -87,11 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         described = check_loads(args.out)
     except Exception as exc:  # noqa: BLE001
-        print(f"error: {args.out} does not load: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(
+            f"error: {args.out} does not load: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            file=sys.stderr,
+        )
         return 1
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {described}, {size / 2**20:.1f} MiB")
-    print(f"serve it with: MODEL_ID={args.out} python -m app  (or mount it at MODEL_DIR, or put it in a MODEL_REPOSITORY)")
+    print(
+        f"serve it with: MODEL_ID={args.out} python -m app  (or mount it at MODEL_DIR, or put it in a MODEL_REPOSITORY)"
+    )
     return 0
 
 

@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.quantize", description=__doc__)
     parser.add_argument("--model", help="model folder or hub id (default: the embedded MobileNetV2)")
     parser.add_argument("--images", type=Path, required=True, help="calibration images (at least 8)")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist or be empty)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder to write (must not exist or be empty)"
+    )
     parser.add_argument("--max-cosine-drop", type=float, default=0.005, help="QUANTIZE_MAX_COSINE_DROP")
     parser.add_argument(
         "--min-neighbours-kept", type=float, default=1.0, help="QUANTIZE_MIN_NEIGHBOURS_KEPT (1: every one)"
@@ -35,10 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     from app.settings import Settings
 
     fields = dict(
-        model_id=args.model, model_dir="/nonexistent", runtime="openvino", quantize="int8",
-        calibration_dir=args.images, quantize_max_cosine_drop=args.max_cosine_drop,
+        model_id=args.model,
+        model_dir="/nonexistent",
+        runtime="openvino",
+        quantize="int8",
+        calibration_dir=args.images,
+        quantize_max_cosine_drop=args.max_cosine_drop,
         quantize_min_neighbours_kept=args.min_neighbours_kept,
-    )  # fmt: skip
+    )
     if args.cache:
         fields["model_cache_dir"] = args.cache
     try:

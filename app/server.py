@@ -57,7 +57,10 @@ def create_app(
     if len(configs) > 1:
         model_host = None  # one thread each: the main thread runs one model loop at a time
     registry = ModelRegistry(
-        [ServedModel(c.settings, preparer, metrics, model_host, load_at_startup=c.load_at_startup) for c in configs],
+        [
+            ServedModel(c.settings, preparer, metrics, model_host, load_at_startup=c.load_at_startup)
+            for c in configs
+        ],
         max_loaded=settings.max_loaded_models,
         ttl_s=settings.model_ttl_s,
     )

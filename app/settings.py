@@ -115,12 +115,17 @@ class Settings(BaseSettings):
         "instead of MODEL_ID",
     )
     max_loaded_models: int = Field(
-        0, ge=0, le=1024, description="MODEL_REPOSITORY: most models loaded at once (0: no limit); "
+        0,
+        ge=0,
+        le=1024,
+        description="MODEL_REPOSITORY: most models loaded at once (0: no limit); "
         "loading one more unloads the least recently used idle one",
     )
     model_ttl_s: float = Field(
-        0, ge=0, le=30 * 86400, description="unload a model idle this long; its next request "
-        "reloads it (0: never)",
+        0,
+        ge=0,
+        le=30 * 86400,
+        description="unload a model idle this long; its next request reloads it (0: never)",
     )
     model_control_mode: ModelControlMode = Field(
         ModelControlMode.NONE,
@@ -138,7 +143,9 @@ class Settings(BaseSettings):
         8081, ge=0, le=65535, description="V2 gRPC port (inference.GRPCInferenceService); 0: no gRPC"
     )
     grpc_max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, le=2**31 - 1,
+        64 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
         description="largest gRPC message received (inflated) or sent, in bytes (larger: RESOURCE_EXHAUSTED)",
     )
     grpc_max_concurrent_calls: int = Field(
@@ -170,7 +177,9 @@ class Settings(BaseSettings):
     fast_preprocessing: bool = Field(
         True, description="uint8 torch resize/crop/normalise instead of the transformers processor"
     )
-    torch_threads: int = Field(0, ge=0, le=1024, description="intra-op threads (torch, or OpenVINO's); 0: usable cores / WORKERS")
+    torch_threads: int = Field(
+        0, ge=0, le=1024, description="intra-op threads (torch, or OpenVINO's); 0: usable cores / WORKERS"
+    )
     workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     fetch_timeout_s: float = Field(10.0, gt=0, le=600, description="timeout for fetching one image URL")
     fetch_total_timeout_s: float = Field(
@@ -240,7 +249,9 @@ class Settings(BaseSettings):
     def _fits_one_request(cls, value: int, info: ValidationInfo) -> int:
         largest = info.data.get("max_request_bytes")
         if largest is not None and value < largest:
-            raise ValueError(f"must be at least MAX_REQUEST_BYTES ({largest}), or no large request is ever served")
+            raise ValueError(
+                f"must be at least MAX_REQUEST_BYTES ({largest}), or no large request is ever served"
+            )
         return value
 
     log_level: str = Field("info", description="debug, info, warning, error")
@@ -273,7 +284,9 @@ class Settings(BaseSettings):
     def _check_repository(self) -> Settings:
         if self.model_repository is not None:
             if self.model_id is not None:
-                raise ValueError("set MODEL_ID (one model) or MODEL_REPOSITORY (a folder of models), not both")
+                raise ValueError(
+                    "set MODEL_ID (one model) or MODEL_REPOSITORY (a folder of models), not both"
+                )
             if not self.model_repository.is_dir():
                 raise ValueError(f"MODEL_REPOSITORY {self.model_repository} is not a folder")
         if self.model_control_token is not None and self.model_control_mode != ModelControlMode.EXPLICIT:
@@ -299,9 +312,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"CALIBRATION_DIR {self.calibration_dir} is not a folder")
         if self.runtime == RuntimeSetting.OPENVINO:
             if self.device not in ("auto", "cpu"):
-                raise ValueError(f"RUNTIME=openvino runs on the CPU; DEVICE={self.device} needs RUNTIME=torch")
+                raise ValueError(
+                    f"RUNTIME=openvino runs on the CPU; DEVICE={self.device} needs RUNTIME=torch"
+                )
             if self.dtype == DTypeSetting.FLOAT16:
-                raise ValueError("RUNTIME=openvino: DTYPE float16 is for GPUs; use float32, bfloat16 or QUANTIZE=int8")
+                raise ValueError(
+                    "RUNTIME=openvino: DTYPE float16 is for GPUs; use float32, bfloat16 or QUANTIZE=int8"
+                )
             if self.compile:
                 raise ValueError("COMPILE is torch.compile; RUNTIME=openvino compiles its own graph")
         return self

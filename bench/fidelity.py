@@ -78,7 +78,9 @@ def main(argv=None) -> list[dict]:
     )
     parser.add_argument("--configs", default=ALL_CONFIGS, help="runtime:precision[+compile], comma-separated")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--calibration", type=Path, help="int8 calibration images (default: bench/photos.py's)")
+    parser.add_argument(
+        "--calibration", type=Path, help="int8 calibration images (default: bench/photos.py's)"
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "image-embed")
     args = parser.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -87,9 +89,12 @@ def main(argv=None) -> list[dict]:
 
     folder = ensure_default_model(args.cache)
     base = dict(
-        model_id=str(folder), model_dir="/nonexistent", device=args.device, max_batch_size=8,
+        model_id=str(folder),
+        model_dir="/nonexistent",
+        device=args.device,
+        max_batch_size=8,
         model_cache_dir=args.cache,
-    )  # fmt: skip
+    )
     with tempfile.TemporaryDirectory() as scratch:
         calibration = args.calibration or write_calibration_dir(Path(scratch) / "calibration")
         rows = measure(args.configs.split(","), base, calibration)

@@ -176,10 +176,26 @@ def main(argv=None):
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
     command = [
-        sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--model-cache-dir", str(args.cache),
-        "--model-dir", tempfile.gettempdir() + "/no-model", "--allow-private-urls", "true", "--fetch-timeout-s", "2",
-        "--max-queue-images", "96", "--max-batch-size", "16",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model-cache-dir",
+        str(args.cache),
+        "--model-dir",
+        tempfile.gettempdir() + "/no-model",
+        "--allow-private-urls",
+        "true",
+        "--fetch-timeout-s",
+        "2",
+        "--max-queue-images",
+        "96",
+        "--max-batch-size",
+        "16",
+    ]
     with process(command, f"{base}/v2/health/ready", env) as server:
         url = f"{base}/v2/models/mobilenet-v2/infer"
         references = {}
@@ -212,18 +228,31 @@ def main(argv=None):
         s.shutdown()
     growth = (after - before) / before
     report = {
-        "clients": args.clients, "seconds": round(elapsed, 1), "requests": counts["sent"],
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "requests": counts["sent"],
         "responses": {k: v for k, v in sorted(counts.items()) if " " in k},
-        "5xx_other_than_503": counts["5xx"], "503_backpressure": counts["503"], "lost": counts["lost"],
-        "mismatched": counts["mismatched"], "good_refused": counts["good refused"], "bad_accepted": counts["bad accepted"],
-        "rss_mib_before": round(before, 1), "rss_mib_after": round(after, 1), "rss_growth": f"{growth:+.1%}",
-        "warm_up_requests": warm["sent"], "healthy_after": healthy,
-    }  # fmt: skip
+        "5xx_other_than_503": counts["5xx"],
+        "503_backpressure": counts["503"],
+        "lost": counts["lost"],
+        "mismatched": counts["mismatched"],
+        "good_refused": counts["good refused"],
+        "bad_accepted": counts["bad accepted"],
+        "rss_mib_before": round(before, 1),
+        "rss_mib_after": round(after, 1),
+        "rss_growth": f"{growth:+.1%}",
+        "warm_up_requests": warm["sent"],
+        "healthy_after": healthy,
+    }
     print(json.dumps(report, indent=2))
     ok = (
-        counts["5xx"] == 0 and counts["lost"] == 0 and counts["mismatched"] == 0 and counts["bad accepted"] == 0
-        and growth < 0.10 and healthy
-    )  # fmt: skip
+        counts["5xx"] == 0
+        and counts["lost"] == 0
+        and counts["mismatched"] == 0
+        and counts["bad accepted"] == 0
+        and growth < 0.10
+        and healthy
+    )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

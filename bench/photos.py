@@ -15,9 +15,23 @@ from pathlib import Path
 import numpy as np
 
 PHOTOS = (
-    "astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "horse",
-    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
-)  # fmt: skip
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+)
 _CALIBRATION_SOURCES = ("motorcycle_left.png", "motorcycle_right.png")
 
 

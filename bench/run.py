@@ -48,9 +48,13 @@ def parse_args(argv=None):
     parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
     parser.add_argument("--runtime", choices=["torch", "openvino"], default="torch")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
-    parser.add_argument("--calibration", type=Path, help="int8 calibration images (default: bench/photos.py's)")
     parser.add_argument(
-        "--max-cosine-drop", type=float, default=0.005,
+        "--calibration", type=Path, help="int8 calibration images (default: bench/photos.py's)"
+    )
+    parser.add_argument(
+        "--max-cosine-drop",
+        type=float,
+        default=0.005,
         help="QUANTIZE_MAX_COSINE_DROP (random-weight shapes: large, since their fidelity means nothing)",
     )
     parser.add_argument("--openvino-hint", choices=["throughput", "latency"], default="throughput")
@@ -73,16 +77,44 @@ def parse_args(argv=None):
 
 def server_flags(args) -> list[str]:
     flags = [
-        "--dtype", args.dtype, "--device", args.device, "--workers", str(args.workers),
-        "--torch-threads", str(args.torch_threads), "--max-batch-size", str(args.max_batch_size),
-        "--max-batch-wait-ms", str(args.max_batch_wait_ms), "--compile", str(args.compile).lower(),
-        "--fast-preprocessing", str(not args.processor).lower(), "--max-images-per-request", "64",
-        "--allow-private-urls", "true", "--max-queue-images", "4096", "--runtime", args.runtime,
-        "--quantize", args.quantize, "--openvino-hint", args.openvino_hint,
-        "--model-cache-dir", str(args.cache),
-    ]  # fmt: skip
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+        "--workers",
+        str(args.workers),
+        "--torch-threads",
+        str(args.torch_threads),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-batch-wait-ms",
+        str(args.max_batch_wait_ms),
+        "--compile",
+        str(args.compile).lower(),
+        "--fast-preprocessing",
+        str(not args.processor).lower(),
+        "--max-images-per-request",
+        "64",
+        "--allow-private-urls",
+        "true",
+        "--max-queue-images",
+        "4096",
+        "--runtime",
+        args.runtime,
+        "--quantize",
+        args.quantize,
+        "--openvino-hint",
+        args.openvino_hint,
+        "--model-cache-dir",
+        str(args.cache),
+    ]
     if args.quantize == "int8":
-        flags += ["--calibration-dir", str(args.calibration), "--quantize-max-cosine-drop", str(args.max_cosine_drop)]
+        flags += [
+            "--calibration-dir",
+            str(args.calibration),
+            "--quantize-max-cosine-drop",
+            str(args.max_cosine_drop),
+        ]
     if args.channels_last != "auto":
         flags += ["--channels-last", args.channels_last]
     return flags
@@ -172,13 +204,22 @@ def measure_forward(args, folder: Path) -> dict:
         sorted({b for b in (1, 8, 16, 32, 64) if b <= args.max_batch_size} | {args.max_batch_size})
     )
     fields = dict(
-        model_id=str(folder), model_dir="/nonexistent", device=args.device, dtype=args.dtype,
-        compile=args.compile, max_batch_size=args.max_batch_size, torch_threads=args.torch_threads,
-        workers=args.workers, channels_last=None if args.channels_last == "auto" else args.channels_last == "true",
-        runtime=args.runtime, quantize=args.quantize, calibration_dir=args.calibration,
-        openvino_hint=args.openvino_hint, model_cache_dir=args.cache,
+        model_id=str(folder),
+        model_dir="/nonexistent",
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        max_batch_size=args.max_batch_size,
+        torch_threads=args.torch_threads,
+        workers=args.workers,
+        channels_last=None if args.channels_last == "auto" else args.channels_last == "true",
+        runtime=args.runtime,
+        quantize=args.quantize,
+        calibration_dir=args.calibration,
+        openvino_hint=args.openvino_hint,
+        model_cache_dir=args.cache,
         quantize_max_cosine_drop=args.max_cosine_drop,
-    )  # fmt: skip
+    )
     embedder = load_backend(Settings(**fields))
     if args.workers > 1:
         config = configured_in_workers(fields, args.workers, batches, seconds)
@@ -238,8 +279,20 @@ def main(argv=None) -> dict:
         files = write_photos(photos, sizes)
         static_port, server_port = free_port(), free_port()
         static = [sys.executable, "-m", "bench.static_server", tmp, str(static_port)]
-        server = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", "bench",
-                  "--host", "127.0.0.1", "--port", str(server_port), *server_flags(args)]  # fmt: skip
+        server = [
+            sys.executable,
+            "-m",
+            "app",
+            "--model-id",
+            str(folder),
+            "--model-name",
+            "bench",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server_port),
+            *server_flags(args),
+        ]
         base = f"http://127.0.0.1:{server_port}"
         with (
             process(static, f"http://127.0.0.1:{static_port}/", env),

@@ -35,14 +35,30 @@ def prepare_model(cache: Path) -> Path:
         tokenizer = _clip_tokenizer(folder)
         torch.manual_seed(0)
         text = dict(
-            vocab_size=len(tokenizer), hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-            num_attention_heads=8, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
-        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                      image_size=224, patch_size=32)  # fmt: skip
-        tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).save_pretrained(folder)
-        tf.CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
+            vocab_size=len(tokenizer),
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        vision = dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        )
+        tf.CLIPModel(
+            tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
+        ).save_pretrained(folder)
+        tf.CLIPImageProcessorPil(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+        ).save_pretrained(folder)
     return folder
 
 
@@ -50,7 +66,9 @@ def raw_text_forward(folder: Path, batches=(1, 8, 16, 32), seconds: float = 3.0)
     from app.embedding.backend import TEXT, PoolRequest, load_backend
     from app.settings import Settings
 
-    backend = load_backend(Settings(model_id=str(folder), model_dir="/nonexistent", device="cpu", max_batch_size=32))
+    backend = load_backend(
+        Settings(model_id=str(folder), model_dir="/nonexistent", device="cpu", max_batch_size=32)
+    )
     backend.adopt_thread()
     rates = {}
     for batch in batches:
@@ -66,7 +84,9 @@ def raw_text_forward(folder: Path, batches=(1, 8, 16, 32), seconds: float = 3.0)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", default="1,16")
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -78,25 +98,51 @@ def main(argv=None) -> dict:
     print(f"raw text forward (texts/s by batch): {raw}", flush=True)
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
-    server = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", "clip", "--host", "127.0.0.1",
-              "--port", str(port), "--device", "cpu", "--max-batch-size", str(args.max_batch_size)]  # fmt: skip
+    server = [
+        sys.executable,
+        "-m",
+        "app",
+        "--model-id",
+        str(folder),
+        "--model-name",
+        "clip",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--max-batch-size",
+        str(args.max_batch_size),
+    ]
     base = f"http://127.0.0.1:{port}"
     cells = []
     with process(server, f"{base}/v2/health/ready", env):
         for clients in map(int, args.clients.split(",")):
             bodies = [
-                json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]}).encode()
+                json.dumps(
+                    {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]}
+                ).encode()
                 for t in TEXTS
             ]
             result = run_load(f"{base}/v2/models/clip/infer", bodies, 1, clients, args.seconds)
-            cells.append({"clients": clients, "texts_per_second": result.images_per_second,
-                          "p50_ms": result.p50_ms, "p95_ms": result.p95_ms, "errors": result.errors})  # fmt: skip
+            cells.append(
+                {
+                    "clients": clients,
+                    "texts_per_second": result.images_per_second,
+                    "p50_ms": result.p50_ms,
+                    "p95_ms": result.p95_ms,
+                    "errors": result.errors,
+                }
+            )
     best = max(raw.values())
     print("| clients | texts/s | p50 ms | p95 ms | vs raw text forward (best batch) | errors |")
     print("|---|---|---|---|---|---|")
     for cell in cells:
-        print(f"| {cell['clients']} | {cell['texts_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} "
-              f"| {cell['texts_per_second'] / best:.2f}x | {cell['errors']} |")  # fmt: skip
+        print(
+            f"| {cell['clients']} | {cell['texts_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} "
+            f"| {cell['texts_per_second'] / best:.2f}x | {cell['errors']} |"
+        )
     report = {"raw_text_forward": raw, "cells": cells}
     out = ROOT / "bench" / "results" / "clip-b32-text.json"
     out.write_text(json.dumps(report, indent=2))

@@ -41,7 +41,9 @@ async def _closed_loop(make_client, module, photos: list[bytes], clients: int, s
         while time.perf_counter() < stop_at:
             tensor = module.InferInput("image", [1], "BYTES")
             if module.__name__.endswith("http.aio"):
-                tensor.set_data_from_numpy(np.array([photos[i % len(photos)]], dtype=np.object_), binary_data=True)
+                tensor.set_data_from_numpy(
+                    np.array([photos[i % len(photos)]], dtype=np.object_), binary_data=True
+                )
                 outputs = [module.InferRequestedOutput("output", binary_data=True)]
             else:
                 tensor.set_data_from_numpy(np.array([photos[i % len(photos)]], dtype=np.object_))
@@ -103,15 +105,37 @@ def main(argv=None) -> dict:
         names = write_photos(Path(tmp), [size])[size]
         photos = [(Path(tmp) / name).read_bytes() for name in names]
     port, grpc_port = free_port(), free_port()
-    server = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", MODEL,
-              "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
-              "--model-cache-dir", str(args.cache), "--max-queue-images", "4096"]  # fmt: skip
+    server = [
+        sys.executable,
+        "-m",
+        "app",
+        "--model-id",
+        str(folder),
+        "--model-name",
+        MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--model-cache-dir",
+        str(args.cache),
+        "--max-queue-images",
+        "4096",
+    ]
     rounds = []
     with process(server, f"http://127.0.0.1:{port}/v2/health/ready", env):
         for round_ in range(args.rounds):
             for transport in ("rest", "grpc"):
-                result = measure(transport, f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", photos,
-                                 args.clients, args.seconds)  # fmt: skip
+                result = measure(
+                    transport,
+                    f"127.0.0.1:{port}",
+                    f"127.0.0.1:{grpc_port}",
+                    photos,
+                    args.clients,
+                    args.seconds,
+                )
                 rounds.append({"round": round_ + 1, "transport": transport, **result})
                 print(json.dumps(rounds[-1]), flush=True)
     report = {"model": args.model, "size": args.size, "clients": args.clients, "rounds": rounds}

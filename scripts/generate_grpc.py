@@ -33,8 +33,14 @@ def generate(out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         # Paths relative to the repository root, so the modules import each other as
         # `app.grpc_api.v2.grpc_service_pb2`.
-        args = ["protoc", f"-I{ROOT}", f"--python_out={scratch}", f"--pyi_out={scratch}",
-                f"--grpc_python_out={scratch}", str(ROOT / PROTO)]  # fmt: skip
+        args = [
+            "protoc",
+            f"-I{ROOT}",
+            f"--python_out={scratch}",
+            f"--pyi_out={scratch}",
+            f"--grpc_python_out={scratch}",
+            str(ROOT / PROTO),
+        ]
         if protoc.main(args) != 0:
             raise RuntimeError("protoc failed")
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -195,10 +195,23 @@ def app_process(model_path: Path | None, tmp_dir: Path, *flags: str, stderr=None
 
     port = free_port()
     command = [
-        sys.executable, "-m", "app", *(["--model-id", str(model_path)] if model_path else []), "--model-dir", str(tmp_dir),
-        "--host", LOOPBACK, "--port", str(port), "--device", "cpu", "--allow-private-urls", "true",
-        *([] if "--grpc-port" in flags else ["--grpc-port", "0"]), *flags,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "app",
+        *(["--model-id", str(model_path)] if model_path else []),
+        "--model-dir",
+        str(tmp_dir),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--allow-private-urls",
+        "true",
+        *([] if "--grpc-port" in flags else ["--grpc-port", "0"]),
+        *flags,
+    ]
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(command, cwd=root, env=env | {"HF_HUB_OFFLINE": "1"}, stderr=stderr, text=True)
@@ -231,8 +244,11 @@ def kserve_calls(*args: str) -> dict:
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-m", "tests.conformance.kserve_calls", *args],
-        capture_output=True, text=True, timeout=120, cwd=root,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 

@@ -76,10 +76,14 @@ def test_a_folder_with_a_bad_file(server, photos, tmp_path):
     assert _run(folder, out, server.url) == 1  # a failure is reported in the exit code
     rows = _rows(out)
     assert set(rows) == {f"{name}.jpg" for name in NAMES}
-    [failure] = [json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()]
+    [failure] = [
+        json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()
+    ]
     assert failure["id"] == "broken.jpg" and "not a recognised image format" in failure["error"]
     # The same numbers the server gives for the image alone.
-    alone = httpx.post(server.infer_url(), json=image_request([data_uri((folder / "coffee.jpg").read_bytes())]))
+    alone = httpx.post(
+        server.infer_url(), json=image_request([data_uri((folder / "coffee.jpg").read_bytes())])
+    )
     np.testing.assert_allclose(rows["coffee.jpg"], embeddings_of(alone)[0], rtol=1e-5, atol=1e-6)
     assert not out.with_name("out.parquet.parts").exists()
 
@@ -128,7 +132,9 @@ def forwarding_server(
                 payload = b'{"error": "server is at capacity; retry shortly"}'
                 self._answer(503, {"Retry-After": retry_after}, payload)
                 return
-            headers = {k: v for k, v in self.headers.items() if k.lower() == "inference-header-content-length"}
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() == "inference-header-content-length"
+            }
             answer = httpx.post(target + self.path, content=body, headers=headers, timeout=60)
             with lock:
                 number = state["forwarded"]
@@ -137,7 +143,11 @@ def forwarding_server(
                     state["dead"] = True
                     threading.Thread(target=_die, args=(self.server,)).start()
             status, content = answer.status_code, answer.content
-            headers = {k: answer.headers[k] for k in ("content-type", "inference-header-content-length") if k in answer.headers}
+            headers = {
+                k: answer.headers[k]
+                for k in ("content-type", "inference-header-content-length")
+                if k in answer.headers
+            }
             if transform is not None:
                 status, headers, content = transform(number, status, headers, content)
             self._answer(status, headers, content)
@@ -196,13 +206,32 @@ def test_ctrl_c_leaves_a_valid_partial_output(server, photos, tmp_path):
         forwarding_server(server.url) as (live, live_state),
     ):
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.client", str(many), "--server", busy, "--server", live,
-             "--model", "dinov2", "--out", str(out), "--batch", "1", "--concurrency", "1", "--no-progress"],
-            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "app.client",
+                str(many),
+                "--server",
+                busy,
+                "--server",
+                live,
+                "--model",
+                "dinov2",
+                "--out",
+                str(out),
+                "--batch",
+                "1",
+                "--concurrency",
+                "1",
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
             # Ctrl-C must reach it even when this test runs in a background job (which starts
             # with SIGINT ignored, and children inherit that).
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
+        )
         # Interrupted at a protocol point, not after a guessed time: once the live server has
         # embedded one image (each further one waits a second's Retry-After on the busy one).
         deadline = time.monotonic() + 120
@@ -225,8 +254,11 @@ def test_csv_and_parquet_columns_of_paths_and_urls(tmp_path):
     from app.client import read_items
 
     (tmp_path / "img").mkdir()
-    rows = [{"name": "x", "path": "img/a.jpg"}, {"name": "y", "path": "https://images.invalid/b.jpg"},
-            {"name": "z", "path": "img/a.jpg"}]  # fmt: skip
+    rows = [
+        {"name": "x", "path": "img/a.jpg"},
+        {"name": "y", "path": "https://images.invalid/b.jpg"},
+        {"name": "z", "path": "img/a.jpg"},
+    ]
     with (tmp_path / "table.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, ["name", "path"])
         writer.writeheader()
@@ -250,7 +282,9 @@ def _rewrite_raw(content: bytes, headers: dict, change) -> tuple[bytes, dict]:
     header["outputs"][0]["shape"] = list(vectors.shape)
     header["outputs"][0]["parameters"]["binary_data_size"] = vectors.nbytes
     encoded = json.dumps(header).encode()
-    return encoded + vectors.astype("<f4").tobytes(), headers | {"inference-header-content-length": str(len(encoded))}
+    return encoded + vectors.astype("<f4").tobytes(), headers | {
+        "inference-header-content-length": str(len(encoded))
+    }
 
 
 def test_odd_file_names_survive_an_npy_output_and_its_resume(server, tmp_path):
@@ -274,7 +308,9 @@ def test_odd_file_names_survive_an_npy_output_and_its_resume(server, tmp_path):
 def test_nan_embeddings_fail_their_images_not_the_run(server, photos, tmp_path):
     def nan_first_row(number, status, headers, content):
         if number == 0:
-            content, headers = _rewrite_raw(content, headers, lambda v: np.vstack([np.full((1, v.shape[1]), np.nan), v[1:]]))
+            content, headers = _rewrite_raw(
+                content, headers, lambda v: np.vstack([np.full((1, v.shape[1]), np.nan), v[1:]])
+            )
         return status, headers, content
 
     out = tmp_path / "out.parquet"
@@ -282,20 +318,30 @@ def test_nan_embeddings_fail_their_images_not_the_run(server, photos, tmp_path):
         assert _run(photos, out, url, extra=["--concurrency", "1"]) == 1
     rows = _rows(out)
     assert len(rows) == len(NAMES) - 1 and all(np.isfinite(v).all() for v in rows.values())
-    [failure] = [json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()]
+    [failure] = [
+        json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()
+    ]
     assert failure["error"] == "the server answered a NaN or infinite embedding"
 
 
 def test_a_malformed_answer_fails_its_batch_not_the_run(server, photos, tmp_path):
     def garbage_once(number, status, headers, content):
-        return (200, {"content-type": "application/json"}, b'{"outputs": "no"}') if number == 1 else (status, headers, content)
+        return (
+            (200, {"content-type": "application/json"}, b'{"outputs": "no"}')
+            if number == 1
+            else (status, headers, content)
+        )
 
     out = tmp_path / "out.parquet"
     with forwarding_server(server.url, transform=garbage_once) as (url, _):
         assert _run(photos, out, url, extra=["--concurrency", "1", "--retries", "0"]) == 1
     assert len(_rows(out)) == len(NAMES) - 3
-    failures = [json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()]
-    assert len(failures) == 3 and all("without a readable raw_embeddings output" in f["error"] for f in failures)
+    failures = [
+        json.loads(line) for line in out.with_name("out.parquet.failures.jsonl").read_text().splitlines()
+    ]
+    assert len(failures) == 3 and all(
+        "without a readable raw_embeddings output" in f["error"] for f in failures
+    )
 
 
 def test_two_servers_of_different_sizes_do_not_lose_the_run(server, photos, tmp_path):
@@ -316,7 +362,10 @@ def test_retry_after_is_capped(server, photos, tmp_path):
     out = tmp_path / "out.parquet"
     with forwarding_server(server.url, busy_first=1, retry_after="86400") as (url, state):
         started = time.monotonic()
-        assert _run(photos, out, url, extra=["--concurrency", "1", "--retries", "1", "--max-retry-after", "0.2"]) == 0
+        assert (
+            _run(photos, out, url, extra=["--concurrency", "1", "--retries", "1", "--max-retry-after", "0.2"])
+            == 0
+        )
         assert time.monotonic() - started < 60
     assert state["busy"] == 1 and len(_rows(out)) == len(NAMES)
 
@@ -329,9 +378,16 @@ def test_refused_connections_and_loading_503s_have_their_own_budgets(server, pho
     port = free_port()
     out = tmp_path / "out.parquet"
     result: dict = {}
-    client = threading.Thread(target=lambda: result.update(code=_run(
-        photos, out, f"http://{LOOPBACK}:{port}", extra=["--concurrency", "1", "--retries", "6", "--backoff", "0.5"]
-    )))  # fmt: skip
+    client = threading.Thread(
+        target=lambda: result.update(
+            code=_run(
+                photos,
+                out,
+                f"http://{LOOPBACK}:{port}",
+                extra=["--concurrency", "1", "--retries", "6", "--backoff", "0.5"],
+            )
+        )
+    )
     client.start()  # nothing listens on the port yet: refused
     time.sleep(1.0)
     target, busy = server.url, {"left": 6}
@@ -348,7 +404,9 @@ def test_refused_connections_and_loading_503s_have_their_own_budgets(server, pho
                 self.end_headers()
                 self.wfile.write(payload)
                 return
-            headers = {k: v for k, v in self.headers.items() if k.lower() == "inference-header-content-length"}
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() == "inference-header-content-length"
+            }
             answer = httpx.post(target + self.path, content=body, headers=headers, timeout=60)
             self.send_response(answer.status_code)
             for name in ("content-type", "inference-header-content-length"):
@@ -369,9 +427,21 @@ def test_refused_connections_and_loading_503s_have_their_own_budgets(server, pho
 def test_without_the_client_requirements_it_says_what_to_install(tmp_path):
     code = "import sys\nsys.modules['pyarrow'] = None\nfrom app.client import main\nmain(sys.argv[1:])"
     result = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path), "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "o.npy")],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path),
+            "--server",
+            "http://127.0.0.1:9",
+            "--out",
+            str(tmp_path / "o.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "python -m app.client needs pyarrow, which the server's requirements do not install: "

@@ -55,7 +55,13 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     for _, document in _documents("kubernetes/*.yaml"):
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
         kinds.add(document["kind"])
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim"}
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+    }
 
 
 def _check_container(container: dict):
@@ -73,16 +79,22 @@ def _check_container(container: dict):
     for probe, route in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
         # An HTTP probe, or (a predictor routing only gRPC) the same route asked from inside.
         check = container[probe]
-        assert check["httpGet"]["path"] == route if "httpGet" in check else f"8080{route}'" in check["exec"]["command"][-1]
+        assert (
+            check["httpGet"]["path"] == route
+            if "httpGet" in check
+            else f"8080{route}'" in check["exec"]["command"][-1]
+        )
     return names
 
 
 def test_kserve_inference_services():
     documents = list(_documents("kserve/*.yaml"))
     assert {name for name, _ in documents} == {
-        "inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml", "inferenceservice-cpu-grpc.yaml",
+        "inferenceservice-cpu.yaml",
+        "inferenceservice-gpu.yaml",
+        "inferenceservice-cpu-grpc.yaml",
         "inferenceservice-gpu-grpc.yaml",
-    }  # fmt: skip
+    }
     for name, document in documents:
         assert (
             document["apiVersion"] == "serving.kserve.io/v1beta1" and document["kind"] == "InferenceService"
@@ -144,7 +156,14 @@ def test_every_pod_is_hardened_the_same_way():
         )
 
 
-_KSERVE_ONLY_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency", "timeout"}
+_KSERVE_ONLY_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleTarget",
+    "containerConcurrency",
+    "timeout",
+}
 
 
 def test_network_policy_keeps_egress_off_internal_addresses():
@@ -156,7 +175,19 @@ def test_network_policy_keeps_egress_off_internal_addresses():
         peer["ipBlock"] for rule in policy["spec"]["egress"] for peer in rule["to"] if "ipBlock" in peer
     ]
     excluded = {cidr for block in blocks for cidr in block.get("except", [])}
-    for internal in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "fc00::/7"):
+    for internal in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+    ):
         assert internal in excluded, internal
-    web_ports = {p["port"] for rule in policy["spec"]["egress"] if any("ipBlock" in t for t in rule["to"]) for p in rule["ports"]}
+    web_ports = {
+        p["port"]
+        for rule in policy["spec"]["egress"]
+        if any("ipBlock" in t for t in rule["to"])
+        for p in rule["ports"]
+    }
     assert web_ports == {80, 443}

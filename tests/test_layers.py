@@ -9,13 +9,29 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING_MODULES = [
-    "app.server", "app.api.models", "app.api.health", "app.api.body", "app.protocol.codec",
-    "app.inference.registry", "app.inference.served_model", "app.inference.batcher",
-    "app.inference.preparation", "app.embedding.backend", "app.embedding.preprocess", "app.client",
-    "app.embedding.fidelity", "app.embedding.quantization", "app.quantize", "app.dataplane",
-    "app.api.repository", "app.api.openai", "app.inference.model_configs", "app.grpc_api.server",
-    "app.grpc_api.servicer", "app.grpc_api.codec",
-]  # fmt: skip
+    "app.server",
+    "app.api.models",
+    "app.api.health",
+    "app.api.body",
+    "app.protocol.codec",
+    "app.inference.registry",
+    "app.inference.served_model",
+    "app.inference.batcher",
+    "app.inference.preparation",
+    "app.embedding.backend",
+    "app.embedding.preprocess",
+    "app.client",
+    "app.embedding.fidelity",
+    "app.embedding.quantization",
+    "app.quantize",
+    "app.dataplane",
+    "app.api.repository",
+    "app.api.openai",
+    "app.inference.model_configs",
+    "app.grpc_api.server",
+    "app.grpc_api.servicer",
+    "app.grpc_api.codec",
+]
 
 
 def test_the_serving_side_imports_no_runtime():

@@ -21,7 +21,10 @@ def test_control_characters_are_escaped_in_messages_and_fields():
     )
     assert "\n" not in text and "\r" not in text
     assert text.endswith("id abc\\r\\nFORGED 2026 INFO x model=m\\nFORGED n=3")
-    assert escape_control("bell\x07 esc\x1b[31m nel\x85 ls\u2028 ok é") == "bell\\x07 esc\\x1b[31m nel\\x85 ls\\u2028 ok é"
+    assert (
+        escape_control("bell\x07 esc\x1b[31m nel\x85 ls\u2028 ok é")
+        == "bell\\x07 esc\\x1b[31m nel\\x85 ls\\u2028 ok é"
+    )
 
 
 def test_traceback_lines_are_indented_and_escaped():

@@ -22,9 +22,13 @@ SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 def models_command(*args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     return subprocess.run(
-        [sys.executable, "-m", "app.models", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "app.models", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=environment | {"HF_HUB_OFFLINE": "1", **env},
-    )  # fmt: skip
+    )
 
 
 def hub_cache_holding(cache: Path, repo_id: str, folder: Path) -> Path:
@@ -43,10 +47,16 @@ def test_fetch_from_the_hub_cache_then_serve_without_the_hub(tiny_models, tmp_pa
     result = models_command("fetch", "acme/tiny-dinov2", "--out", str(out), HF_HUB_CACHE=str(cache))
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"serve it with: MODEL_ID={out} python -m app" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     with app_process(out, tmp_path / "mount") as server:
         body = image_request([data_uri(encode(photo("coffee").resize((64, 48))))])
-        assert httpx.post(f"{server.url}/v2/models/tiny-dinov2/infer", json=body, timeout=60).status_code == 200
+        assert (
+            httpx.post(f"{server.url}/v2/models/tiny-dinov2/infer", json=body, timeout=60).status_code == 200
+        )
 
 
 def test_fetch_a_save_pretrained_folder_keeps_the_text_tower(text_models, tmp_path):
@@ -57,6 +67,8 @@ def test_fetch_a_save_pretrained_folder_keeps_the_text_tower(text_models, tmp_pa
 
 
 def test_fetch_of_a_model_that_is_nowhere_says_so(tmp_path):
-    result = models_command("fetch", "acme/absent", "--out", str(tmp_path / "x"), HF_HUB_CACHE=str(tmp_path / "hub"))
+    result = models_command(
+        "fetch", "acme/absent", "--out", str(tmp_path / "x"), HF_HUB_CACHE=str(tmp_path / "hub")
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot fetch acme/absent: ")

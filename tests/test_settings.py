@@ -57,8 +57,12 @@ def test_invalid_value_stops_start_up_with_one_line(args, env, setting):
     clean = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     result = subprocess.run(
         [sys.executable, "-m", "app", *args],
-        cwd=ROOT, env=clean | env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"invalid setting {setting}="), result.stderr

@@ -30,11 +30,19 @@ def start(*flags: str, prelude: str = "", cwd: Path = ROOT) -> tuple[int, list[s
     code = f"import sys\n{prelude}\nfrom app.__main__ import main\nmain({argv!r})"
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=STARTUP_S,
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_S,
+    )
     elapsed = time.monotonic() - started
-    lines = [line for line in result.stderr.splitlines() if line.startswith(("invalid settings", "start-up failed"))]
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith(("invalid settings", "start-up failed"))
+    ]
     return result.returncode, lines, elapsed
 
 
@@ -50,35 +58,65 @@ def _cases(tiny_models, text_models, calibration: Path, missing: Path):
     dinov2, clip = str(tiny_models["dinov2"]), str(text_models["clip"])
     return {
         "DEVICE=cuda without CUDA": (
-            ["--model-id", dinov2, "--device", "cuda"], "", 2,
+            ["--model-id", dinov2, "--device", "cuda"],
+            "",
+            2,
             "invalid settings: DEVICE=cuda but CUDA is not available on this machine; use DEVICE=cpu",
         ),
         "DTYPE=float16 on CPU": (
-            ["--model-id", dinov2, "--device", "cpu", "--dtype", "float16"], "", 2,
+            ["--model-id", dinov2, "--device", "cpu", "--dtype", "float16"],
+            "",
+            2,
             "invalid settings: DTYPE=float16 needs a GPU; use bfloat16 or float32 on CPU",
         ),
         "CLIP with POOLING_STRATEGY=mean": (
-            ["--model-id", clip, "--pooling-strategy", "mean"], "", 2,
+            ["--model-id", clip, "--pooling-strategy", "mean"],
+            "",
+            2,
             "invalid settings: POOLING_STRATEGY=mean: clip models support cls; set one of those, or "
             "unset it for the family's default (cls)",
         ),
         "QUANTIZE=int8 with 3 calibration images": (
-            ["--model-id", dinov2, "--runtime", "openvino", "--quantize", "int8", "--calibration-dir",
-             str(calibration)], "", 2,
+            [
+                "--model-id",
+                dinov2,
+                "--runtime",
+                "openvino",
+                "--quantize",
+                "int8",
+                "--calibration-dir",
+                str(calibration),
+            ],
+            "",
+            2,
             f"invalid settings: CALIBRATION_DIR={calibration}: 3 files; QUANTIZE=int8 needs at least 8",
-        ),  # fmt: skip
+        ),
         "QUANTIZE=int8 without nncf": (
-            ["--model-id", dinov2, "--runtime", "openvino", "--quantize", "int8", "--calibration-dir",
-             str(calibration)], "sys.modules['nncf'] = None", 2,
+            [
+                "--model-id",
+                dinov2,
+                "--runtime",
+                "openvino",
+                "--quantize",
+                "int8",
+                "--calibration-dir",
+                str(calibration),
+            ],
+            "sys.modules['nncf'] = None",
+            2,
             "invalid settings: QUANTIZE=int8 needs NNCF, which is not installed: pip install -r "
             "requirements-quantize.txt",
-        ),  # fmt: skip
+        ),
         "MODEL_ID of a folder that does not exist": (
-            ["--model-id", str(missing)], "", 2,
+            ["--model-id", str(missing)],
+            "",
+            2,
             f"invalid settings: MODEL_ID={missing}: no such folder; give the folder that holds the model's config.json",
         ),
         "MODEL_ID of a hub model not in the cache, hub offline": (
-            ["--model-id", "openai/clip-vit-base-patch32"], "", 2,
+            ["--model-id", "openai/clip-vit-base-patch32"],
+            "",
+            2,
             "invalid settings: MODEL_ID=openai/clip-vit-base-patch32: not in the local HuggingFace cache "
             "and the hub is off (HF_HUB_OFFLINE=1); on a connected machine run `python -m app.models fetch",
         ),
@@ -97,7 +135,9 @@ CASE_NAMES = [
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
-def test_an_invalid_setting_stops_start_up_in_one_line(case, tiny_models, text_models, calibration_of_three, tmp_path):
+def test_an_invalid_setting_stops_start_up_in_one_line(
+    case, tiny_models, text_models, calibration_of_three, tmp_path
+):
     flags, prelude, expected_code, expected_line = _cases(
         tiny_models, text_models, calibration_of_three, tmp_path / "no" / "such" / "model"
     )[case]
@@ -118,7 +158,9 @@ def test_a_model_that_fails_only_when_loading_stops_start_up(tiny_models, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("start-up failed: model 'broken' failed to load: "), lines
 
 
-def test_a_repository_model_with_a_bad_setting_is_marked_and_the_others_serve(tiny_models, text_models, tmp_path):
+def test_a_repository_model_with_a_bad_setting_is_marked_and_the_others_serve(
+    tiny_models, text_models, tmp_path
+):
     repository = tmp_path / "repo"
     shutil.copytree(tiny_models["dinov2"], repository / "good")
     shutil.copytree(text_models["clip"], repository / "clip")
@@ -127,7 +169,9 @@ def test_a_repository_model_with_a_bad_setting_is_marked_and_the_others_serve(ti
         entries = {e["name"]: e for e in httpx.post(f"{server.url}/v2/repository/index").json()}
         assert entries["good"]["state"] == "READY"
         assert entries["clip"]["state"] == "UNAVAILABLE"
-        assert entries["clip"]["reason"].startswith("failed to load: POOLING_STRATEGY=max: clip models support cls")
+        assert entries["clip"]["reason"].startswith(
+            "failed to load: POOLING_STRATEGY=max: clip models support cls"
+        )
         body = image_request([data_uri(encode(photo("coffee").resize((64, 48))))])
         assert httpx.post(f"{server.url}/v2/models/good/infer", json=body, timeout=60).status_code == 200
 
@@ -143,8 +187,13 @@ def test_int8_that_loses_a_neighbour_is_refused_with_the_figures(tiny_models, tm
 
     calibration = write_calibration_dir(tmp_path / "calibration", count=16)
     cache = tmp_path / "cache"
-    fields = dict(runtime="openvino", quantize="int8", calibration_dir=calibration, model_cache_dir=cache,
-                  quantize_min_neighbours_kept=0)  # fmt: skip
+    fields = dict(
+        runtime="openvino",
+        quantize="int8",
+        calibration_dir=calibration,
+        model_cache_dir=cache,
+        quantize_min_neighbours_kept=0,
+    )
     load_backend(server_settings(tiny_models["dinov2"], tmp_path / "mount", **fields))
     [export] = list((cache / "openvino").iterdir())
     info = json.loads((export / EXPORT_INFO).read_text())
@@ -152,11 +201,25 @@ def test_int8_that_loses_a_neighbour_is_refused_with_the_figures(tiny_models, tm
     (export / EXPORT_INFO).write_text(json.dumps(info))
     (export / MANIFEST).write_text(json.dumps({"files": folder_manifest(export, exclude=MANIFEST)}))
     code, lines, elapsed = start(
-        "--model-id", str(tiny_models["dinov2"]), "--model-dir", str(tmp_path / "mount"), "--runtime", "openvino",
-        "--quantize", "int8", "--calibration-dir", str(calibration), "--model-cache-dir", str(cache),
-    )  # fmt: skip
+        "--model-id",
+        str(tiny_models["dinov2"]),
+        "--model-dir",
+        str(tmp_path / "mount"),
+        "--runtime",
+        "openvino",
+        "--quantize",
+        "int8",
+        "--calibration-dir",
+        str(calibration),
+        "--model-cache-dir",
+        str(cache),
+    )
     print(f"int8 losing a neighbour: exit {code} in {elapsed:.1f} s: {lines}")
     assert code == 3
-    assert len(lines) == 1 and "StartupError: QUANTIZE=int8: on the 4 held-out calibration images the int8 model " \
-        "kept the nearest neighbour of 3/4 (QUANTIZE_MIN_NEIGHBOURS_KEPT=1 needs 4)" in lines[0], lines
+    assert (
+        len(lines) == 1
+        and "StartupError: QUANTIZE=int8: on the 4 held-out calibration images the int8 model "
+        "kept the nearest neighbour of 3/4 (QUANTIZE_MIN_NEIGHBOURS_KEPT=1 needs 4)"
+        in lines[0]
+    ), lines
     assert "serve float32 (unset QUANTIZE)" in lines[0]

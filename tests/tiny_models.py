@@ -116,9 +116,14 @@ def build_tiny_model(family: str, folder: Path) -> Path:
 # is tested.
 TEXT_FAMILIES = ("clip", "siglip")
 _CORPUS = [
-    "a photo of a cat", "a photo of a dog", "a cup of coffee on a table", "a rocket launch at night",
-    "an astronaut in space", "a black and white photo of a camera man", "coins on a table",
-]  # fmt: skip
+    "a photo of a cat",
+    "a photo of a dog",
+    "a cup of coffee on a table",
+    "a rocket launch at night",
+    "an astronaut in space",
+    "a black and white photo of a camera man",
+    "coins on a table",
+]
 
 
 def _clip_tokenizer(folder: Path):
@@ -143,9 +148,17 @@ def _siglip_tokenizer(folder: Path):
 
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 10), model_writer=model, vocab_size=80, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
-    )  # fmt: skip
+        sentence_iterator=iter(_CORPUS * 10),
+        model_writer=model,
+        vocab_size=80,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spiece.model").write_bytes(model.getvalue())
     tokenizer = tf.SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
@@ -160,17 +173,25 @@ def build_text_model(family: str, folder: Path) -> Path:
     if family == "clip":
         tokenizer = _clip_tokenizer(folder)
         text = dict(
-            TEXT, vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
+            TEXT,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
         processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
     else:
         tokenizer = _siglip_tokenizer(folder)
         text = dict(
-            TEXT, vocab_size=len(tokenizer), max_position_embeddings=64, bos_token_id=None,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
+            TEXT,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=64,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
         processor = tf.SiglipImageProcessorPil(size=SQUARE_32)
     model.eval().save_pretrained(folder)

@@ -49,7 +49,11 @@ async def read_body(request: Request, max_bytes: int, reservation: Reservation) 
 
 
 async def decode_body(
-    body: bytes, encoding: str | None, header_length: str | None, limits: RequestLimits, reservation: Reservation
+    body: bytes,
+    encoding: str | None,
+    header_length: str | None,
+    limits: RequestLimits,
+    reservation: Reservation,
 ) -> EmbedRequestSpec:
     if not is_encoded(encoding) and len(body) <= PARSE_ON_LOOP_BYTES:
         return decode_request(body, encoding, header_length, limits)[0]

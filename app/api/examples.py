@@ -44,7 +44,12 @@ INFER_EXAMPLES = {
         "summary": "A real photo, inline as a data URI, normalised",
         "value": {
             "inputs": [
-                {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["data:image/jpeg;base64," + CAT_JPEG_BASE64]},
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": ["data:image/jpeg;base64," + CAT_JPEG_BASE64],
+                },
                 {"name": "normalize", "shape": [1], "datatype": "BYTES", "data": ["true"]},
             ]
         },

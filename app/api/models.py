@@ -65,30 +65,36 @@ async def all_model_stats(plane: DataPlane = Depends(get_plane)):
 
 
 @_route("GET", "", response_model=ModelMetadata, response_model_exclude_none=True, responses=ERRORS)
-async def model_metadata(model_name: str, model_version: str | None = None,
-                         plane: DataPlane = Depends(get_plane)):  # fmt: skip
+async def model_metadata(
+    model_name: str, model_version: str | None = None, plane: DataPlane = Depends(get_plane)
+):
     return ModelMetadata(**plane.model_metadata(model_name, model_version))
 
 
 @_route("GET", "/ready", response_model=ModelReadyResponse, responses=ERRORS)
-async def model_ready(model_name: str, model_version: str | None = None,
-                      plane: DataPlane = Depends(get_plane)):  # fmt: skip
+async def model_ready(
+    model_name: str, model_version: str | None = None, plane: DataPlane = Depends(get_plane)
+):
     ready = plane.model_ready(model_name, model_version)
     return JSONBytesResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
 
 
 @_route("POST", "/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_OPENAPI)
-async def infer(request: Request, model_name: str, model_version: str | None = None,
-                plane: DataPlane = Depends(get_plane)):  # fmt: skip
+async def infer(
+    request: Request, model_name: str, model_version: str | None = None, plane: DataPlane = Depends(get_plane)
+):
     reservation = Reservation(plane.body_budget)
 
     async def decode(limits: RequestLimits) -> EmbedRequestSpec:
         body = await read_body(request, limits.max_request_bytes, reservation)
         headers = request.headers
         spec = await decode_body(
-            body, headers.get("content-encoding"), headers.get("inference-header-content-length"),
-            limits, reservation,
-        )  # fmt: skip
+            body,
+            headers.get("content-encoding"),
+            headers.get("inference-header-content-length"),
+            limits,
+            reservation,
+        )
         request.state.image_count = len(spec.images)  # for the access log
         # A client's id only when it is safe for headers and logs; the answer says which.
         request.state.request_id = safe_request_id(spec.request_id) or request.state.request_id
@@ -97,9 +103,13 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     try:
         outcome = await plane.infer(model_name, model_version, decode)
         answer, header_length = encode_response(
-            request.state.request_id, outcome.model_name, outcome.model_id, outcome.embeddings,
-            outcome.spec.outputs, outcome.parameters,
-        )  # fmt: skip
+            request.state.request_id,
+            outcome.model_name,
+            outcome.model_id,
+            outcome.embeddings,
+            outcome.spec.outputs,
+            outcome.parameters,
+        )
     finally:
         reservation.release()
     if header_length is None:
@@ -112,6 +122,7 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
 
 
 @_route("GET", "/stats", responses=ERRORS)
-async def model_stats(model_name: str, model_version: str | None = None,
-                      plane: DataPlane = Depends(get_plane)):  # fmt: skip
+async def model_stats(
+    model_name: str, model_version: str | None = None, plane: DataPlane = Depends(get_plane)
+):
     return JSONBytesResponse({"model_stats": plane.statistics(model_name, model_version)})

@@ -110,7 +110,9 @@ async def embeddings(request: Request, plane: DataPlane = Depends(get_plane)):
         return error_response(exc)
     except ServiceError as exc:
         release_frames(exc)
-        return error_response(OpenAIError(exc.status_code, exc.message, headers=getattr(exc, "headers", None)))
+        return error_response(
+            OpenAIError(exc.status_code, exc.message, headers=getattr(exc, "headers", None))
+        )
 
 
 for path in ("/v1/embeddings", "/openai/v1/embeddings"):
@@ -186,8 +188,10 @@ async def _parse(body: bytes, encoding: str | None, limits: RequestLimits) -> Em
             loc = error.get("loc", ())
             if loc and loc[0] == "input":  # OpenAI also takes token arrays; this server does not
                 raise OpenAIError(
-                    400, "invalid request: input must be a string or a list of strings (token arrays "
-                    "are not supported)", "input",
+                    400,
+                    "invalid request: input must be a string or a list of strings (token arrays "
+                    "are not supported)",
+                    "input",
                 ) from None
             where = ".".join(str(p) for p in loc) or None
             raise OpenAIError(400, f"invalid request: {where or 'body'}: {error['msg']}", where) from None

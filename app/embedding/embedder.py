@@ -76,11 +76,19 @@ class Embedder:
         log.info(
             "loaded model %s (%s, family %s, %d-d embeddings) from %s on %s as %s "
             "(channels_last=%s, compile=%s, %d torch threads, %s preprocessing) in %.1f s",
-            source.model_id, embedder.model_type, embedder.adapter.name, embedder.embedding_dim,
-            source.origin, device, str(dtype).removeprefix("torch."), options.channels_last,
-            options.compile, threads, "fast" if embedder.preprocessor.fast else "processor",
+            source.model_id,
+            embedder.model_type,
+            embedder.adapter.name,
+            embedder.embedding_dim,
+            source.origin,
+            device,
+            str(dtype).removeprefix("torch."),
+            options.channels_last,
+            options.compile,
+            threads,
+            "fast" if embedder.preprocessor.fast else "processor",
             time.perf_counter() - started,
-        )  # fmt: skip
+        )
         return embedder
 
     def adopt_thread(self) -> None:

@@ -73,16 +73,26 @@ class OpenVinoBackend:
         if settings.quantize == QuantizeSetting.INT8 and info.fidelity is not None:
             from app.embedding.quantization import check_fidelity_gate
 
-            check_fidelity_gate(info.fidelity, settings.quantize_max_cosine_drop, settings.quantize_min_neighbours_kept)
+            check_fidelity_gate(
+                info.fidelity, settings.quantize_max_cosine_drop, settings.quantize_min_neighbours_kept
+            )
         backend = cls(folder, info, settings)
         backend.warm_up()
         log.info(
             "loaded model %s (%s, family %s, %d-d embeddings) on OpenVINO %s from %s "
             "(%s inference, hint %s: %d batches in flight, %d threads) in %.1f s",
-            info.model_id, info.model_type, info.family, info.embedding_dim, info.precision, folder,
-            backend.inference_precision, settings.openvino_hint.value, backend.concurrent_batches,
-            backend.threads, time.perf_counter() - started,
-        )  # fmt: skip
+            info.model_id,
+            info.model_type,
+            info.family,
+            info.embedding_dim,
+            info.precision,
+            folder,
+            backend.inference_precision,
+            settings.openvino_hint.value,
+            backend.concurrent_batches,
+            backend.threads,
+            time.perf_counter() - started,
+        )
         return backend
 
     def warm_up(self) -> None:
@@ -117,9 +127,11 @@ class OpenVinoBackend:
         check_supported(strategy, self.supported_poolings, self.model_id, self.model_type)
 
     def describe(self) -> dict[str, str]:
-        dtype = "int8" if self.info.precision == "int8" else {"f32": "float32", "bf16": "bfloat16"}[
-            self.inference_precision
-        ]
+        dtype = (
+            "int8"
+            if self.info.precision == "int8"
+            else {"f32": "float32", "bf16": "bfloat16"}[self.inference_precision]
+        )
         return {"platform": PLATFORM, "family": self.info.family, "device": "cpu", "dtype": dtype}
 
     def is_out_of_memory(self, exc: BaseException) -> bool:

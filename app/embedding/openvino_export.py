@@ -175,8 +175,11 @@ def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> 
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info(
         "converted %s for OpenVINO (%s, %s pooling outputs) in %.1f s",
-        model_id, info.precision, "/".join(info.poolings), time.perf_counter() - started,
-    )  # fmt: skip
+        model_id,
+        info.precision,
+        "/".join(info.poolings),
+        time.perf_counter() - started,
+    )
     return info
 
 
@@ -237,7 +240,11 @@ def _quantize(model, info: ExportInfo, preprocessor, settings: Settings):
     )
     log.info(
         "quantized %s to int8 from %d calibration images in %.1f s; on the %d held out: %s",
-        info.model_id, len(pixels), time.perf_counter() - started, fidelity.images, fidelity.summary(),
-    )  # fmt: skip
+        info.model_id,
+        len(pixels),
+        time.perf_counter() - started,
+        fidelity.images,
+        fidelity.summary(),
+    )
     info = replace(info, precision="int8", fidelity=fidelity.as_dict())
     return quantized, info

@@ -18,9 +18,13 @@ from PIL import Image
 
 # Processors whose whole pipeline is resize -> [centre crop] -> rescale -> normalise.
 _SIMPLE_PROCESSORS = (
-    "BitImageProcessor", "CLIPImageProcessor", "MobileNetV2ImageProcessor",
-    "ViTImageProcessor", "SiglipImageProcessor", "DeiTImageProcessor",
-)  # fmt: skip
+    "BitImageProcessor",
+    "CLIPImageProcessor",
+    "MobileNetV2ImageProcessor",
+    "ViTImageProcessor",
+    "SiglipImageProcessor",
+    "DeiTImageProcessor",
+)
 _RESAMPLING = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
 
 

@@ -45,11 +45,15 @@ class TextTower:
         tokenizer calls of one request run under one lock (64 texts take about a millisecond)."""
         with self._tokenizer_lock:
             # verbose=False: a text over the maximum is expected here (counted, then truncated).
-            lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+            lengths = [
+                len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+            ]
             length = self.max_length
             if self.family == "clip":
                 longest = max(lengths, default=0)
-                length = next((b for b in CLIP_LENGTH_BUCKETS if longest <= b < self.max_length), self.max_length)
+                length = next(
+                    (b for b in CLIP_LENGTH_BUCKETS if longest <= b < self.max_length), self.max_length
+                )
             encoded = self.tokenizer(
                 texts, padding="max_length", truncation=True, max_length=length, return_tensors="np"
             )

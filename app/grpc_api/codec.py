@@ -25,11 +25,19 @@ from app.protocol.spec import OUTPUT_JSON, EmbedRequestSpec, build_spec, input_a
 # Which typed field of InferTensorContents carries each datatype (FP16 and BF16 have none:
 # they travel only as raw_input_contents).
 CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-    "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}  # fmt: skip
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 _ALL_CONTENTS = sorted(set(CONTENTS_FIELD.values()))
 
 
@@ -58,14 +66,19 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: RequestLimits) -
         check_element_count(item.name, shape, expected, values)
         tensors[item.name] = Tensor(item.name, item.datatype, shape, values)
     try:
-        request = InferRequest.model_validate({
-            "id": message.id or None,
-            "parameters": _parameters(message.parameters) or None,
-            "inputs": [{"name": t.name, "shape": t.shape, "datatype": t.datatype} for t in tensors.values()],
-            "outputs": [
-                {"name": o.name, "parameters": _parameters(o.parameters) or None} for o in message.outputs
-            ] or None,
-        })  # fmt: skip
+        request = InferRequest.model_validate(
+            {
+                "id": message.id or None,
+                "parameters": _parameters(message.parameters) or None,
+                "inputs": [
+                    {"name": t.name, "shape": t.shape, "datatype": t.datatype} for t in tensors.values()
+                ],
+                "outputs": [
+                    {"name": o.name, "parameters": _parameters(o.parameters) or None} for o in message.outputs
+                ]
+                or None,
+            }
+        )
     except ValidationError as exc:
         raise BadRequest("invalid request: " + describe_validation_error(exc)) from None
     return build_spec(ParsedRequest(request, tensors), sizes)
@@ -93,9 +106,14 @@ def _parameters(parameters) -> dict:
 
 
 def encode_infer_response(
-    request_id: str, model_name: str, model_version: str, model_id: str, embeddings: np.ndarray,
-    outputs, parameters: dict | None = None,
-) -> pb.ModelInferResponse:  # fmt: skip
+    request_id: str,
+    model_name: str,
+    model_version: str,
+    model_id: str,
+    embeddings: np.ndarray,
+    outputs,
+    parameters: dict | None = None,
+) -> pb.ModelInferResponse:
     """The requested outputs (the `output` JSON document, `raw_embeddings`), always as
     raw_output_contents: BYTES as length-prefixed elements, FP32 little-endian."""
     embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
@@ -105,7 +123,9 @@ def encode_infer_response(
     for choice in outputs:
         if choice.name == OUTPUT_JSON:
             response.outputs.add(name=OUTPUT_JSON, datatype="BYTES", shape=[1])
-            response.raw_output_contents.append(encode_bytes_elements([embedding_document(embeddings, model_id)]))
+            response.raw_output_contents.append(
+                encode_bytes_elements([embedding_document(embeddings, model_id)])
+            )
         else:
             response.outputs.add(name=choice.name, datatype="FP32", shape=list(embeddings.shape))
             response.raw_output_contents.append(embeddings.tobytes())

@@ -70,11 +70,20 @@ def _rpc(handler):
             self.metrics.grpc_seconds.labels(method).observe(elapsed)
             if method == "ModelInfer" or code == grpc.StatusCode.INTERNAL:
                 # As REST's access log: ids, names and counts only, never image data or URLs.
-                log.info("request", extra={"fields": {
-                    "request_id": fields.get("request_id"), "method": "gRPC", "route": method,
-                    "model": fields.get("model"), "images": fields.get("images"), "status": code.name,
-                    "duration_ms": round(elapsed * 1000, 1),
-                }})  # fmt: skip
+                log.info(
+                    "request",
+                    extra={
+                        "fields": {
+                            "request_id": fields.get("request_id"),
+                            "method": "gRPC",
+                            "route": method,
+                            "model": fields.get("model"),
+                            "images": fields.get("images"),
+                            "status": code.name,
+                            "duration_ms": round(elapsed * 1000, 1),
+                        }
+                    },
+                )
         await context.abort(code, message, trailing_metadata=trailers)
 
     return call
@@ -120,9 +129,12 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         reservation = Reservation(self.plane.body_budget)
         try:
             request = await receive_infer_request(
-                context, reservation, settings.grpc_max_message_bytes, settings.max_inflation_ratio,
+                context,
+                reservation,
+                settings.grpc_max_message_bytes,
+                settings.max_inflation_ratio,
                 settings.grpc_receive_timeout_s,
-            )  # fmt: skip
+            )
             fields["request_id"] = safe_request_id(request.id) or new_request_id()
             fields["model"] = request.model_name
 
@@ -137,9 +149,14 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         finally:
             reservation.release()
         return encode_infer_response(
-            fields["request_id"], outcome.model_name, request.model_version or "1", outcome.model_id,
-            outcome.embeddings, outcome.spec.outputs, outcome.parameters,
-        )  # fmt: skip
+            fields["request_id"],
+            outcome.model_name,
+            request.model_version or "1",
+            outcome.model_id,
+            outcome.embeddings,
+            outcome.spec.outputs,
+            outcome.parameters,
+        )
 
     @_rpc
     async def ModelStatistics(self, request, context, fields):
@@ -149,7 +166,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     @_rpc
     async def RepositoryIndex(self, request, context, fields):
         entries = self.plane.repository_index(request.ready)
-        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries]
+        )
 
     @_rpc
     async def RepositoryModelLoad(self, request, context, fields):

@@ -31,8 +31,14 @@ class ImageSource:
 
 # Leading bytes of the formats clients send as files (JPEG, PNG, GIF, WebP, BMP, TIFF).
 _FILE_SIGNATURES = (
-    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
-)  # fmt: skip
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),", re.I)
 _WHITESPACE = re.compile(rb"\s+")
 

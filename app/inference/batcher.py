@@ -241,9 +241,7 @@ class DynamicBatcher:
         for item, result in zip(batch, results, strict=True):
             _resolve(item, result=result)
 
-    def _run(
-        self, pixels: np.ndarray, requests: list[PoolRequest], queue_ns: list[int]
-    ) -> list[np.ndarray]:
+    def _run(self, pixels: np.ndarray, requests: list[PoolRequest], queue_ns: list[int]) -> list[np.ndarray]:
         results, timing = self.run_batch(pixels, requests)
         self.batch_sizes.append(timing.batch_size)
         if self.on_execution is not None:

@@ -20,11 +20,27 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "serving.json"
 # The settings a model may set for itself: how it is loaded, run and pooled.
-PER_MODEL_SETTINGS = frozenset({
-    "model_id", "pooling_strategy", "normalize_embeddings", "dtype", "device", "runtime", "quantize",
-    "calibration_dir", "quantize_max_cosine_drop", "quantize_min_neighbours_kept", "openvino_hint",
-    "max_batch_size", "max_batch_wait_ms", "compile", "channels_last", "fast_preprocessing", "torch_threads",
-})  # fmt: skip
+PER_MODEL_SETTINGS = frozenset(
+    {
+        "model_id",
+        "pooling_strategy",
+        "normalize_embeddings",
+        "dtype",
+        "device",
+        "runtime",
+        "quantize",
+        "calibration_dir",
+        "quantize_max_cosine_drop",
+        "quantize_min_neighbours_kept",
+        "openvino_hint",
+        "max_batch_size",
+        "max_batch_wait_ms",
+        "compile",
+        "channels_last",
+        "fast_preprocessing",
+        "torch_threads",
+    }
+)
 LOAD_AT_STARTUP = "load_at_startup"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -57,14 +73,18 @@ def model_configs(settings: Settings) -> list[ModelConfig]:
 
 def _folder_config(folder: Path, server: Settings) -> ModelConfig | None:
     if not _NAME.match(folder.name):
-        log.warning("model repository: skipping %r: a model name is letters, digits, '.', '_', '-'", folder.name)
+        log.warning(
+            "model repository: skipping %r: a model name is letters, digits, '.', '_', '-'", folder.name
+        )
         return None
     own = _read_settings_file(folder / SETTINGS_FILE)
     load_at_startup = own.pop(LOAD_AT_STARTUP, True)
     if not isinstance(load_at_startup, bool):
         raise RepositoryError(f"{folder / SETTINGS_FILE}: {LOAD_AT_STARTUP} must be true or false")
     if "model_id" not in own and find_model_folder(folder) is None:
-        log.warning("model repository: skipping %s: no config.json and no model_id in %s", folder, SETTINGS_FILE)
+        log.warning(
+            "model repository: skipping %s: no config.json and no model_id in %s", folder, SETTINGS_FILE
+        )
         return None
     values = server.model_dump()
     # The folder is the model's MODEL_DIR: its files (or its one model sub-folder) come first.
@@ -75,7 +95,9 @@ def _folder_config(folder: Path, server: Settings) -> ModelConfig | None:
     try:
         settings = Settings(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
         raise RepositoryError(f"{folder / SETTINGS_FILE}: {problems}") from None
     return ModelConfig(folder.name, settings, load_at_startup)
 

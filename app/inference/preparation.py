@@ -108,7 +108,9 @@ class ImagePreparer:
         limit = self.settings.max_image_bytes
         if source.kind is not SourceKind.FILE_BYTES and len(source.value) * 3 // 4 > limit * 1.1 + 1024:
             # Base64 far past the limit is refused before decoding it (which holds the GIL).
-            raise ImageError(f"image is about {len(source.value) * 3 // 4} bytes, over the {limit}-byte limit")
+            raise ImageError(
+                f"image is about {len(source.value) * 3 // 4} bytes, over the {limit}-byte limit"
+            )
         if source.kind is SourceKind.DATA_URI:
             data = decode_data_uri(source.value)
         elif source.kind is SourceKind.BASE64:

@@ -54,7 +54,11 @@ class ModelRegistry:
             self._expiry = asyncio.create_task(self._unload_idle())
         startup = [model for model in self if model.load_at_startup]
         if self.max_loaded and len(startup) > self.max_loaded:
-            log.warning("MAX_LOADED_MODELS=%d: loading the first %d start-up models only", self.max_loaded, self.max_loaded)
+            log.warning(
+                "MAX_LOADED_MODELS=%d: loading the first %d start-up models only",
+                self.max_loaded,
+                self.max_loaded,
+            )
             for model in startup[self.max_loaded :]:
                 model.load_at_startup, model.loads_on_demand = False, True
             startup = startup[: self.max_loaded]
@@ -96,11 +100,15 @@ class ModelRegistry:
         """The model's backend, ready: a model unloaded when idle or to make room is loaded
         again within the request's deadline; otherwise the 503 that says why not."""
         if self._loads_on_demand(model):
-            load = asyncio.shield(model.start_loading()) if model.loading else self._load(model, on_demand=True)
+            load = (
+                asyncio.shield(model.start_loading()) if model.loading else self._load(model, on_demand=True)
+            )
             try:
                 await asyncio.wait_for(load, deadline_s or model.settings.request_timeout_s)
             except TimeoutError:
-                raise DeadlineExceeded(f"model '{model.name}' did not load within the request's timeout") from None
+                raise DeadlineExceeded(
+                    f"model '{model.name}' did not load within the request's timeout"
+                ) from None
         return model.require_ready()
 
     async def _load(self, model: ServedModel, on_demand: bool) -> None:
@@ -161,10 +169,12 @@ class ModelRegistry:
         shutdown thread: plain attribute reads)."""
         now = time.monotonic()
         return all(
-            model.draining and model.in_flight == 0 and model.admitted_images == 0
+            model.draining
+            and model.in_flight == 0
+            and model.admitted_images == 0
             and now - model.last_refused_draining >= seconds
             for model in self
-        )  # fmt: skip
+        )
 
     # --- health ----------------------------------------------------------------------------
 
@@ -183,7 +193,12 @@ class ModelRegistry:
             if model.loaded and not model.ready:
                 return False
             failed_at_start = model.broken  # marked in the index; the others serve
-            if model.load_at_startup and not model.loaded and not failed_at_start and not self._loads_on_demand(model):
+            if (
+                model.load_at_startup
+                and not model.loaded
+                and not failed_at_start
+                and not self._loads_on_demand(model)
+            ):
                 return False
         return True
 

@@ -148,7 +148,13 @@ class ServedModel:
         self.load_error = self.settings_error = None
         self.metrics.load_seconds.labels(self.name).set(time.perf_counter() - started)
         runtime = backend.describe()
-        self._info_labels = (self.name, backend.model_id, backend.model_type, runtime["device"], runtime["dtype"])
+        self._info_labels = (
+            self.name,
+            backend.model_id,
+            backend.model_type,
+            runtime["device"],
+            runtime["dtype"],
+        )
         self.metrics.model.labels(*self._info_labels).set(1)
         self.backend = backend
         self.batcher = self._start_batcher()
@@ -435,5 +441,7 @@ class ServedModel:
         # worker while the request was still fetching or decoding.
         batcher = self.batcher
         if batcher is None:
-            raise ServiceUnavailable(f"model '{self.name}' was unloaded while the request was prepared; retry")
+            raise ServiceUnavailable(
+                f"model '{self.name}' was unloaded while the request was prepared; retry"
+            )
         return await batcher.submit(inputs, request)

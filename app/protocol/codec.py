@@ -43,9 +43,12 @@ class RequestLimits:
     @classmethod
     def from_settings(cls, settings) -> RequestLimits:
         return cls(
-            settings.max_request_bytes, settings.max_inflation_ratio, settings.max_images_per_request,
-            settings.max_texts_per_request, settings.max_text_chars,
-        )  # fmt: skip
+            settings.max_request_bytes,
+            settings.max_inflation_ratio,
+            settings.max_images_per_request,
+            settings.max_texts_per_request,
+            settings.max_text_chars,
+        )
 
     @property
     def sizes(self) -> SizeLimits:
@@ -58,7 +61,9 @@ def decode_request(
     """The request, and the size of its body once inflated. Every shape is checked before
     element data is decoded; raises BadRequest (400) or PayloadTooLarge (413)."""
     raw = decode_content(body, content_encoding, limits.max_request_bytes, limits.max_inflation_ratio)
-    parsed = parse_infer_body(raw, header_length, input_admission(limits.sizes), max_json_values(limits.sizes))
+    parsed = parse_infer_body(
+        raw, header_length, input_admission(limits.sizes), max_json_values(limits.sizes)
+    )
     return build_spec(parsed, limits.sizes), len(raw)
 
 

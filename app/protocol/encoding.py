@@ -21,7 +21,9 @@ def inflated_size_limit(compressed: int, max_bytes: int, max_ratio: float | None
     return min(max_bytes, max(RATIO_FREE_BYTES, int(compressed * max_ratio)))
 
 
-def decode_content(body: bytes, encoding: str | None, max_bytes: int, max_ratio: float | None = None) -> bytes:
+def decode_content(
+    body: bytes, encoding: str | None, max_bytes: int, max_ratio: float | None = None
+) -> bytes:
     """Undo gzip or deflate, refusing to inflate past max_bytes or past max_ratio times the
     compressed size (zip bombs: gzip reaches about 1000:1)."""
     if not is_encoded(encoding):

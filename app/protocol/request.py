@@ -40,7 +40,10 @@ class ParsedRequest:
 
 
 def parse_infer_body(
-    body: bytes, header_length: str | None, admit: AdmitInput | None = None, max_json_values: int | None = None
+    body: bytes,
+    header_length: str | None,
+    admit: AdmitInput | None = None,
+    max_json_values: int | None = None,
 ) -> ParsedRequest:
     """`admit` sees each input's declared size before its data is decoded; `max_json_values`
     bounds the values in the JSON header before it is parsed (a body of small numbers
@@ -117,7 +120,9 @@ def declared_elements(name: str, datatype: str, shape: list[int], seen: dict) ->
     if name in seen:
         raise BadRequest(f"input '{name}' appears more than once")
     if datatype not in DATATYPES:
-        raise BadRequest(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+        raise BadRequest(
+            f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        )
     if any(dim < 0 for dim in shape):
         raise BadRequest(f"input '{name}': shape {shape} has a negative dimension")
     return math.prod(shape)

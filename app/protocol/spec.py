@@ -145,7 +145,9 @@ def _texts(tensor: Tensor, limits: SizeLimits) -> list[str]:
 def check_text_length(text: str, max_chars: int, where: str) -> None:
     """400 naming the element (`where`) when a text is over MAX_TEXT_CHARS."""
     if len(text) > max_chars:
-        raise BadRequest(f"{where} has {len(text)} characters, over the limit of {max_chars} (MAX_TEXT_CHARS)")
+        raise BadRequest(
+            f"{where} has {len(text)} characters, over the limit of {max_chars} (MAX_TEXT_CHARS)"
+        )
 
 
 def choose_outputs(parsed: ParsedRequest, include_raw: bool) -> list[OutputChoice]:
@@ -224,6 +226,11 @@ def _timeout(value) -> int | None:
     if value is None:
         return None
     # gRPC's double_param can carry inf and nan, which JSON cannot.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise BadRequest("parameter timeout must be a positive number of microseconds")
     return int(value)

@@ -21,10 +21,16 @@ from tests.support import embeddings_of, run_server, server_settings
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Off the network but for loopback, and none of Chromium's own background traffic.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,9 @@ def _page_requests(net_log: Path) -> list[str]:
 def test_swagger_ui_renders_offline_and_requests_only_loopback(default_server):
     folder = Path(tempfile.mkdtemp(prefix="docs-browser-"))  # kept: the screenshot is CI's artefact
     url = f"{default_server.url}/docs"
-    dumped = _chromium(url, folder, "--virtual-time-budget=20000", f"--log-net-log={folder / 'net.json'}", "--dump-dom")
+    dumped = _chromium(
+        url, folder, "--virtual-time-budget=20000", f"--log-net-log={folder / 'net.json'}", "--dump-dom"
+    )
     assert dumped.returncode == 0, dumped.stderr[-2000:]
     dom = dumped.stdout
     assert "/v2/models/{model_name}/infer" in dom  # Swagger UI rendered the operations
@@ -71,7 +79,13 @@ def test_swagger_ui_renders_offline_and_requests_only_loopback(default_server):
     assert any(u.endswith("/openapi.json") for u in requested)
     assert any(u.endswith("/favicon.png") for u in requested)
     assert all(u.startswith(default_server.url + "/") for u in requested), requested
-    shot = _chromium(url, folder, "--virtual-time-budget=20000", "--window-size=1280,1800", f"--screenshot={folder / 'docs.png'}")
+    shot = _chromium(
+        url,
+        folder,
+        "--virtual-time-budget=20000",
+        "--window-size=1280,1800",
+        f"--screenshot={folder / 'docs.png'}",
+    )
     assert shot.returncode == 0 and (folder / "docs.png").stat().st_size > 10_000
     print(f"screenshot: {folder / 'docs.png'}")
 

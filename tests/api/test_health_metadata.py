@@ -32,7 +32,9 @@ def test_before_loading_live_but_not_ready(tiny_models, tmp_path):
     assert (model_ready.status_code, model_ready.json()) == (503, {"name": "tiny", "ready": False})
     assert metadata.status_code == 503 and "loading" in metadata.json()["error"]
     assert server.status_code == 200 and server.json()["extensions"] == [
-        "binary_tensor_data", "statistics", "model_repository",
+        "binary_tensor_data",
+        "statistics",
+        "model_repository",
     ]
 
 
@@ -73,7 +75,10 @@ def test_a_model_that_fails_to_load_is_never_ready(tmp_path):
         assert service.broken
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 503
-        for response in (httpx.post(server.infer_url(), json={"inputs": []}), httpx.get(server.infer_url()[:-6])):
+        for response in (
+            httpx.post(server.infer_url(), json={"inputs": []}),
+            httpx.get(server.infer_url()[:-6]),
+        ):
             message = response.json()["error"]
             assert response.status_code == 503
             assert message == f"model '{server.model}' failed to load; see the server log"
@@ -103,7 +108,9 @@ def test_every_docs_example_works_as_it_is_offline(dinov2_server):
     offline = {key: e for key, e in INFER_EXAMPLES.items() if NEEDS_EGRESS not in e["summary"]}
     assert len(offline) == 3
     for key, example in offline.items():
-        response = httpx.post(f"{dinov2_server.url}/v2/models/{name}/infer", json=example["value"], timeout=60)
+        response = httpx.post(
+            f"{dinov2_server.url}/v2/models/{name}/infer", json=example["value"], timeout=60
+        )
         assert response.status_code == 200, (key, response.text)
     for example in INFER_EXAMPLES.values():  # no placeholder and no host that cannot answer
         text = str(example["value"])

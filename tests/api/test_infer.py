@@ -25,11 +25,15 @@ def chelsea_bytes(photo_files):
 def test_readme_single_url_payload(dinov2_server, image_host, chelsea_bytes):
     payload = {
         "inputs": [
-            {"name": "image", "shape": [1], "datatype": "BYTES",
-             "data": [f"{image_host}/chelsea.jpg?download=true"]},
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [f"{image_host}/chelsea.jpg?download=true"],
+            },
             {"name": "pooling_strategy", "shape": [1], "datatype": "BYTES", "data": ["mean"]},
         ]
-    }  # fmt: skip
+    }
     response = post(dinov2_server, payload)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -154,7 +158,10 @@ def test_openai_text_to_an_image_only_model_names_the_missing_text_tower(dinov2_
     for text in ("hello", ["dogs", "a photo of a cat"]):  # "dogs" is valid base64, not an image
         answer = httpx.post(url, json={"model": "dinov2-large", "input": text}, timeout=60)
         assert answer.status_code == 400, answer.text
-        assert "has no text tower: text embeddings need a full CLIP or SigLIP model" in answer.json()["error"]["message"]
+        assert (
+            "has no text tower: text embeddings need a full CLIP or SigLIP model"
+            in answer.json()["error"]["message"]
+        )
     # An image source is still embedded without saying modality=image.
     answer = httpx.post(url, json={"model": "dinov2-large", "input": data_uri(chelsea_bytes)}, timeout=60)
     assert answer.status_code == 200 and len(answer.json()["data"]) == 1

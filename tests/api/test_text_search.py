@@ -32,9 +32,13 @@ def text_request(texts: list[str], **flags) -> dict:
 @pytest.fixture(scope="module", params=["clip", "siglip"])
 def server(request, text_models, tmp_path_factory):
     settings = server_settings(
-        text_models[request.param], tmp_path_factory.mktemp("text"), model_name="search", max_batch_size=8,
-        max_texts_per_request=8, max_text_chars=300,
-    )  # fmt: skip
+        text_models[request.param],
+        tmp_path_factory.mktemp("text"),
+        model_name="search",
+        max_batch_size=8,
+        max_texts_per_request=8,
+        max_text_chars=300,
+    )
     with run_server(settings) as running:
         running.family = request.param
         running.folder = text_models[request.param]
@@ -72,7 +76,9 @@ def test_tritonclient_sends_text_as_bytes(server):
     client = triton.InferenceServerClient(server.host_port)
     text = triton.InferInput("text", [2], "BYTES")
     text.set_data_from_numpy(np.array([b"a photo of a cat", "東京".encode()], dtype=object), binary_data=True)
-    result = client.infer("search", [text], outputs=[triton.InferRequestedOutput("raw_embeddings", binary_data=True)])
+    result = client.infer(
+        "search", [text], outputs=[triton.InferRequestedOutput("raw_embeddings", binary_data=True)]
+    )
     rows = result.as_numpy("raw_embeddings")
     max_length = {"clip": 77, "siglip": 64}[server.family]
     expected = reference_text_features(server.folder, server.family, ["a photo of a cat", "東京"], max_length)
@@ -82,19 +88,44 @@ def test_tritonclient_sends_text_as_bytes(server):
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]},
-                     {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
-         400, "carries input 'image' or input 'text', not both"),
-        ({"inputs": [{"name": "normalize", "shape": [1], "datatype": "BYTES", "data": ["true"]}]},
-         400, "missing input 'image' (BYTES: URLs, data URIs, base64 or image files) or 'text'"),
-        (text_request(["a"] * 9), 413, "input 'text' has 9 texts, over the limit of 8 per request (MAX_TEXTS_PER_REQUEST)"),
-        (text_request(["ok", "x" * 301]), 400, "input 'text' element 1 has 301 characters, over the limit of 300"),
+        (
+            {
+                "inputs": [
+                    {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]},
+                    {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]},
+                ]
+            },
+            400,
+            "carries input 'image' or input 'text', not both",
+        ),
+        (
+            {"inputs": [{"name": "normalize", "shape": [1], "datatype": "BYTES", "data": ["true"]}]},
+            400,
+            "missing input 'image' (BYTES: URLs, data URIs, base64 or image files) or 'text'",
+        ),
+        (
+            text_request(["a"] * 9),
+            413,
+            "input 'text' has 9 texts, over the limit of 8 per request (MAX_TEXTS_PER_REQUEST)",
+        ),
+        (
+            text_request(["ok", "x" * 301]),
+            400,
+            "input 'text' element 1 has 301 characters, over the limit of 300",
+        ),
         (text_request(["a cat"], pooling_strategy="max"), 400, "'max' applies to images"),
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "INT32", "data": [1]}]},
-         400, "input 'text' must have datatype BYTES"),
-        ({"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES", "data": []}]}, 400, "has no elements"),
+        (
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "INT32", "data": [1]}]},
+            400,
+            "input 'text' must have datatype BYTES",
+        ),
+        (
+            {"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES", "data": []}]},
+            400,
+            "has no elements",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_text_requests_are_named(server, body, status, message):
     response = httpx.post(server.infer_url(), json=body, timeout=30)
     assert response.status_code == status, response.text
@@ -142,10 +173,12 @@ def test_openai_client_gets_the_text_embeddings(server, prefix, encoding_format)
     assert result.object == "list" and result.model == "search"
     assert [d.index for d in result.data] == [0, 1]
     rows = np.array(
-        [d.embedding if encoding_format == "float" else np.frombuffer(base64.b64decode(d.embedding), "<f4")
-         for d in result.data],
+        [
+            d.embedding if encoding_format == "float" else np.frombuffer(base64.b64decode(d.embedding), "<f4")
+            for d in result.data
+        ],
         dtype=np.float32,
-    )  # fmt: skip
+    )
     max_length = {"clip": 77, "siglip": 64}[server.family]
     expected = reference_text_features(server.folder, server.family, texts, max_length).numpy()
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)  # OpenAI's embeddings are unit-length
@@ -157,7 +190,9 @@ def test_openai_route_embeds_images_in_the_same_space(server, photo_uris):
     client = openai_client(server)
     result = client.embeddings.create(model="search", input=photo_uris[:2], extra_body={"modality": "image"})
     rows = np.array([d.embedding for d in result.data], dtype=np.float32)
-    v2 = embeddings_of(httpx.post(server.infer_url(), json=image_request(photo_uris[:2], normalize="true"), timeout=60))
+    v2 = embeddings_of(
+        httpx.post(server.infer_url(), json=image_request(photo_uris[:2], normalize="true"), timeout=60)
+    )
     np.testing.assert_allclose(rows, v2, atol=1e-6)
     assert result.usage.prompt_tokens == 0
 

@@ -35,7 +35,9 @@ async def rest_calls(url: str, model: str, files: list[bytes]) -> dict:
         image.set_data_from_numpy(np.array([data_uri(f) for f in files], dtype=np.object_), binary_data=False)
         raw = InferInput("include_raw", [1], "BYTES")
         raw.set_data_from_numpy(np.array(["true"], dtype=np.object_), binary_data=False)
-        response = await client.infer(url, InferRequest(model, [image, raw], request_id="k-1"), model_name=model)
+        response = await client.infer(
+            url, InferRequest(model, [image, raw], request_id="k-1"), model_name=model
+        )
         out["id"] = response.id
         out["raw_embeddings"] = {o.name: o for o in response.outputs}["raw_embeddings"].as_numpy().tolist()
         # ... and binary inputs (the files' own bytes).

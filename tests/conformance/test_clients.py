@@ -180,5 +180,7 @@ def test_kserve_sdk(server, files, plain_json, tmp_path):
     calls = kserve_calls("rest", server.url, MODEL, *map(str, paths))
     assert calls["live"] and calls["ready"] and calls["model_ready"] and calls["id"] == "k-1"
     np.testing.assert_array_equal(np.asarray(calls["raw_embeddings"], np.float32), plain_json)
-    np.testing.assert_array_equal(np.asarray(json.loads(calls["document"])["embeddings"], np.float32), plain_json)
+    np.testing.assert_array_equal(
+        np.asarray(json.loads(calls["document"])["embeddings"], np.float32), plain_json
+    )
     assert calls["error"][0] == 400 and "element 0" in calls["error"][1]

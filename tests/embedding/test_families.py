@@ -62,10 +62,19 @@ def reference(family: str, path, pixels: torch.Tensor) -> dict:
 
 
 EXPECTED_DEFAULTS = {
-    "dinov2": CLS, "dinov2_with_registers": CLS, "clip": CLS, "clip_vision_model": CLS,
-    "siglip": CLS, "vit": CLS, "swin": MEAN, "swinv2": MEAN, "convnext": MEAN,
-    "mobilenet_v2": MEAN, "resnet": MEAN, "deit": MEAN,
-}  # fmt: skip
+    "dinov2": CLS,
+    "dinov2_with_registers": CLS,
+    "clip": CLS,
+    "clip_vision_model": CLS,
+    "siglip": CLS,
+    "vit": CLS,
+    "swin": MEAN,
+    "swinv2": MEAN,
+    "convnext": MEAN,
+    "mobilenet_v2": MEAN,
+    "resnet": MEAN,
+    "deit": MEAN,
+}
 
 
 @pytest.fixture(scope="module")

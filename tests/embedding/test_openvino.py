@@ -36,8 +36,9 @@ def cache(tmp_path_factory):
 
 
 def settings(model, cache, **overrides) -> Settings:
-    values = dict(model_id=str(model), model_dir="/nonexistent", model_cache_dir=cache, device="cpu",
-                  max_batch_size=4)  # fmt: skip
+    values = dict(
+        model_id=str(model), model_dir="/nonexistent", model_cache_dir=cache, device="cpu", max_batch_size=4
+    )
     return Settings(**(values | overrides))
 
 
@@ -91,8 +92,10 @@ def test_the_converted_model_is_cached_and_reused(tiny_models, tmp_path, caplog)
     exports = list((tmp_path / "openvino").iterdir())
     assert len(exports) == 1 and (exports[0] / "model.bin").stat().st_size > 0
     probe = [photo("coffee")]
-    np.testing.assert_array_equal(first.embed(probe, first.default_pooling, False)[0],
-                                  second.embed(probe, second.default_pooling, False)[0])  # fmt: skip
+    np.testing.assert_array_equal(
+        first.embed(probe, first.default_pooling, False)[0],
+        second.embed(probe, second.default_pooling, False)[0],
+    )
     # The weights are stored in float32 (OpenVINO's save_model would otherwise halve them).
     import transformers as tf
 
@@ -123,8 +126,10 @@ def test_a_damaged_cache_entry_is_converted_again_and_named(tiny_models, tmp_pat
     [warning] = [r.getMessage() for r in caplog.records if r.name == "app.embedding.openvino_export"][:1]
     assert str(export) in warning and "damaged" in warning and "converting it again" in warning
     probe = [photo("coffee")]
-    np.testing.assert_array_equal(first.embed(probe, first.default_pooling, False)[0],
-                                  second.embed(probe, second.default_pooling, False)[0])  # fmt: skip
+    np.testing.assert_array_equal(
+        first.embed(probe, first.default_pooling, False)[0],
+        second.embed(probe, second.default_pooling, False)[0],
+    )
     assert [p.name for p in (tmp_path / "openvino").iterdir()] == [export.name]
 
 
@@ -155,8 +160,10 @@ def test_bfloat16_is_an_inference_hint_on_the_same_graph(tiny_models, images, ca
     backend = load_backend(settings(tiny_models["dinov2"], cache, runtime="openvino", dtype="bfloat16"))
     assert backend.describe()["dtype"] == "bfloat16"
     reference = load_backend(settings(tiny_models["dinov2"], cache, runtime="openvino"))
-    fidelity = compare(reference.embed(images, reference.default_pooling, True)[0],
-                       backend.embed(images, backend.default_pooling, True)[0])  # fmt: skip
+    fidelity = compare(
+        reference.embed(images, reference.default_pooling, True)[0],
+        backend.embed(images, backend.default_pooling, True)[0],
+    )
     assert fidelity.min_cosine > 0.99
 
 
@@ -178,8 +185,10 @@ def test_impossible_runtime_settings_are_refused_at_start_up(overrides, message)
 def test_start_up_without_calibration_images_says_what_is_missing(tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "app", "--runtime", "openvino", "--quantize", "int8"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert process.returncode == 2
     assert "QUANTIZE=int8 needs CALIBRATION_DIR" in process.stderr and "Traceback" not in process.stderr
 
@@ -189,8 +198,15 @@ def test_too_few_calibration_images_is_a_clear_error(tiny_models, tmp_path):
         photo("coffee").save(tmp_path / f"{index}.png")
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match=r": 4 files; QUANTIZE=int8 needs at least 8"):
-        load_backend(settings(tiny_models["dinov2"], tmp_path / "cache", runtime="openvino",
-                              quantize="int8", calibration_dir=tmp_path))  # fmt: skip
+        load_backend(
+            settings(
+                tiny_models["dinov2"],
+                tmp_path / "cache",
+                runtime="openvino",
+                quantize="int8",
+                calibration_dir=tmp_path,
+            )
+        )
 
 
 def test_int8_at_start_up_is_quantized_once_and_cached(tiny_models, images, tmp_path, caplog):
@@ -232,16 +248,31 @@ def test_int8_on_the_real_model_and_the_neighbour_gate(default_model_cache, tmp_
     calibration = write_calibration_dir(tmp_path / "calibration")
     out = tmp_path / "int8"
     process = subprocess.run(
-        [sys.executable, "-m", "app.quantize", "--images", str(calibration), "--out", str(out),
-         "--cache", str(default_model_cache), "--min-neighbours-kept", "0.9"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app.quantize",
+            "--images",
+            str(calibration),
+            "--out",
+            str(out),
+            "--cache",
+            str(default_model_cache),
+            "--min-neighbours-kept",
+            "0.9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     report = json.loads(next(line for line in process.stdout.splitlines() if line.startswith("{")))
     fidelity = report["fidelity"]
     assert fidelity["images"] == 24 and fidelity["min_cosine"] >= 0.99
     if fidelity["neighbours_kept"] < 24:
-        with pytest.raises(StartupError, match=rf"kept the nearest neighbour of {fidelity['neighbours_kept']}/24"):
+        with pytest.raises(
+            StartupError, match=rf"kept the nearest neighbour of {fidelity['neighbours_kept']}/24"
+        ):
             check_fidelity_gate(fidelity, 0.005, 1.0)
     assert f"RUNTIME=openvino MODEL_ID={out}" in process.stdout
 
@@ -259,11 +290,16 @@ def test_the_server_answers_with_openvino_as_it_does_with_torch(tiny_models, tmp
 
     from tests.support import data_uri, embeddings_of, encode, image_request, run_server, server_settings
 
-    request = image_request([data_uri(encode(photo("coffee"))), data_uri(encode(photo("rocket")))],
-                            pooling_strategy="mean", normalize="true")  # fmt: skip
+    request = image_request(
+        [data_uri(encode(photo("coffee"))), data_uri(encode(photo("rocket")))],
+        pooling_strategy="mean",
+        normalize="true",
+    )
     answers = {}
     for runtime in ("torch", "openvino"):
-        config = server_settings(tiny_models["siglip"], tmp_path, runtime=runtime, model_cache_dir=tmp_path / "c")
+        config = server_settings(
+            tiny_models["siglip"], tmp_path, runtime=runtime, model_cache_dir=tmp_path / "c"
+        )
         with run_server(config) as server:
             metadata = httpx.get(f"{server.url}/v2/models/{server.model}", timeout=30).json()
             assert metadata["platform"] == ("openvino" if runtime == "openvino" else "pytorch_transformers")
@@ -282,10 +318,23 @@ def test_an_export_folder_is_refused_by_the_torch_runtime(tiny_models, cache):
 def test_quantize_command_refuses_a_folder_without_enough_images(tiny_models, tmp_path):
     photo("coffee").save(tmp_path / "one.png")
     process = subprocess.run(
-        [sys.executable, "-m", "app.quantize", "--model", str(tiny_models["vit"]), "--images", str(tmp_path),
-         "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app.quantize",
+            "--model",
+            str(tiny_models["vit"]),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 2
     assert "holds 1 readable images; QUANTIZE=int8 needs at least 8" in process.stderr
     assert "Traceback" not in process.stderr

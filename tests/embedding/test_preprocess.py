@@ -39,7 +39,8 @@ def test_processors_with_other_steps_are_called_as_they_are(tiny_models):
     assert not preprocessor.fast
     image = photo("coffee")
     torch.testing.assert_close(
-        torch.from_numpy(preprocessor(image)), processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        torch.from_numpy(preprocessor(image)),
+        processor(images=[image], return_tensors="pt")["pixel_values"][0],
     )
 
 

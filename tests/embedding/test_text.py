@@ -26,7 +26,9 @@ def reference_text_features(folder, family: str, texts: list[str], max_length: i
     """transformers alone: the tokenizer as the model card says, then get_text_features."""
     model = tf.AutoModel.from_pretrained(folder).eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(folder)
-    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    encoded = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.inference_mode():
         if family == "siglip":  # trained without an attention mask
             return model.get_text_features(input_ids=encoded["input_ids"]).pooler_output
@@ -35,7 +37,9 @@ def reference_text_features(folder, family: str, texts: list[str], max_length: i
 
 def embed_texts(backend, texts, normalize=False) -> np.ndarray:
     tokenized = backend.tokenize(texts)
-    [rows], _ = backend.embed_batch(tokenized.tokens, [PoolRequest(len(texts), backend.default_pooling, normalize, TEXT)])
+    [rows], _ = backend.embed_batch(
+        tokenized.tokens, [PoolRequest(len(texts), backend.default_pooling, normalize, TEXT)]
+    )
     return rows
 
 
@@ -61,8 +65,9 @@ def test_server_embeddings_give_the_models_logits_per_image(family, text_models)
     image_rows, _ = backend.embed(images, backend.default_pooling, normalize=True)
     text_rows = embed_texts(backend, texts, normalize=True)
     model = tf.AutoModel.from_pretrained(folder).eval()
-    tokens = tf.AutoTokenizer.from_pretrained(folder)(texts, padding="max_length", max_length=backend.text.max_length,
-                                                      return_tensors="pt")  # fmt: skip
+    tokens = tf.AutoTokenizer.from_pretrained(folder)(
+        texts, padding="max_length", max_length=backend.text.max_length, return_tensors="pt"
+    )
     pixels = tf.AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
         if family == "siglip":
@@ -98,7 +103,9 @@ def test_siglip_is_padded_to_its_trained_length(text_models):
     model = tf.AutoModel.from_pretrained(folder).eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(folder)
     with torch.inference_mode():
-        short = model.get_text_features(input_ids=tokenizer(text, return_tensors="pt")["input_ids"]).pooler_output
+        short = model.get_text_features(
+            input_ids=tokenizer(text, return_tensors="pt")["input_ids"]
+        ).pooler_output
     assert not torch.allclose(served, short, atol=1e-3)
     torch.testing.assert_close(served, reference_text_features(folder, "siglip", text, 64))
 
@@ -110,7 +117,9 @@ def test_image_embeddings_of_a_full_model_match_its_vision_tower(text_models, ti
         images = [photo("rocket")]
         rows, _ = backend.embed(images, backend.default_pooling, normalize=False)
         model = tf.AutoModel.from_pretrained(text_models[family]).eval()
-        pixels = tf.AutoImageProcessor.from_pretrained(text_models[family])(images=images, return_tensors="pt")
+        pixels = tf.AutoImageProcessor.from_pretrained(text_models[family])(
+            images=images, return_tensors="pt"
+        )
         with torch.inference_mode():
             expected = model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output
         torch.testing.assert_close(torch.from_numpy(rows), expected)

@@ -90,7 +90,11 @@ def test_tritonclient_sync_every_call(server, photos, rest, image_url):
         assert set(metadata["extensions"]) >= {"statistics", "model_repository"}
         rest_metadata = httpx.get(f"{server.url}/v2/models/{MODEL}").json()
         model = client.get_model_metadata(MODEL, as_json=True)
-        assert (model["name"], model["platform"], model["versions"]) == (MODEL, rest_metadata["platform"], ["1"])
+        assert (model["name"], model["platform"], model["versions"]) == (
+            MODEL,
+            rest_metadata["platform"],
+            ["1"],
+        )
         assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in model["inputs"]] == [
             (t["name"], t["datatype"], t["shape"]) for t in rest_metadata["inputs"]
         ]
@@ -108,12 +112,18 @@ def test_tritonclient_sync_every_call(server, photos, rest, image_url):
         assert result.get_response().id == "g-1"
 
         # Flags as inputs, as on REST: include_raw, pooling, normalisation.
-        flags = [_bytes_input([b"mean"], name="pooling_strategy"), _bytes_input([b"true"], name="normalize"),
-                 _bytes_input([b"true"], name="include_raw")]  # fmt: skip
+        flags = [
+            _bytes_input([b"mean"], name="pooling_strategy"),
+            _bytes_input([b"true"], name="normalize"),
+            _bytes_input([b"true"], name="include_raw"),
+        ]
         result = client.infer(MODEL, [_bytes_input(files[:1]), *flags])
-        rest_mean = embeddings_of(httpx.post(
-            server.infer_url(), json=image_request([data_uri(files[0])], pooling_strategy="mean", normalize="true")
-        ))  # fmt: skip
+        rest_mean = embeddings_of(
+            httpx.post(
+                server.infer_url(),
+                json=image_request([data_uri(files[0])], pooling_strategy="mean", normalize="true"),
+            )
+        )
         np.testing.assert_allclose(result.as_numpy("raw_embeddings"), rest_mean, rtol=0, atol=0)
 
         # A URL, fetched under the same policy as REST.
@@ -124,7 +134,10 @@ def test_tritonclient_sync_every_call(server, photos, rest, image_url):
         stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
         rest_stats = httpx.get(f"{server.url}/v2/models/{MODEL}/stats").json()["model_stats"][0]
         assert int(stats["inference_count"]) == rest_stats["inference_count"] >= 5
-        assert int(stats["inference_stats"]["success"]["count"]) == rest_stats["inference_stats"]["success"]["count"]
+        assert (
+            int(stats["inference_stats"]["success"]["count"])
+            == rest_stats["inference_stats"]["success"]["count"]
+        )
         index = client.get_model_repository_index(as_json=True)["models"]
         assert index == [{"name": MODEL, "version": "1", "state": "READY"}]  # empty reason is omitted
 
@@ -132,7 +145,12 @@ def test_tritonclient_sync_every_call(server, photos, rest, image_url):
         cases = [
             ("missing", [_bytes_input(files[:1])], "StatusCode.NOT_FOUND", "unknown model 'missing'"),
             (MODEL, [_bytes_input([b"@@"])], "StatusCode.INVALID_ARGUMENT", "input 'image' element 0"),
-            (MODEL, [_bytes_input(files[:1], name="nope")], "StatusCode.INVALID_ARGUMENT", "unknown input 'nope'"),
+            (
+                MODEL,
+                [_bytes_input(files[:1], name="nope")],
+                "StatusCode.INVALID_ARGUMENT",
+                "unknown input 'nope'",
+            ),
             (MODEL, [_bytes_input([b"x"] * 65)], "StatusCode.RESOURCE_EXHAUSTED", "over the limit of 64"),
         ]
         for model_name, inputs, code, message in cases:
@@ -141,8 +159,17 @@ def test_tritonclient_sync_every_call(server, photos, rest, image_url):
             assert caught.value.status() == code and message in caught.value.message()
             rest_error = httpx.post(
                 server.infer_url(model_name),
-                json={"inputs": [{"name": i.name(), "shape": list(i.shape()), "datatype": "BYTES",
-                                  "data": ["@@"] * i.shape()[0]} for i in inputs]},  # fmt: skip
+                json={
+                    "inputs": [
+                        {
+                            "name": i.name(),
+                            "shape": list(i.shape()),
+                            "datatype": "BYTES",
+                            "data": ["@@"] * i.shape()[0],
+                        }
+                        for i in inputs
+                    ]
+                },
             ).json()["error"]
             if code != "StatusCode.INVALID_ARGUMENT" or "unknown input" in message:
                 assert caught.value.message() == rest_error
@@ -161,9 +188,9 @@ def test_tritonclient_aio(server, photos, rest):
             assert await client.is_server_live() and await client.is_server_ready()
             assert await client.is_model_ready(MODEL)
             assert (await client.get_model_metadata(MODEL, as_json=True))["name"] == MODEL
-            results = await asyncio.gather(*(
-                client.infer(MODEL, [_bytes_input([f], triton_aio)]) for f in photos[1]
-            ))  # fmt: skip
+            results = await asyncio.gather(
+                *(client.infer(MODEL, [_bytes_input([f], triton_aio)]) for f in photos[1])
+            )
             np.testing.assert_array_equal(np.concatenate([_document(r)[1] for r in results]), expected)
             metadata = await client.get_server_metadata(as_json=True)
             assert metadata == (await asyncio.to_thread(httpx.get, f"{server.url}/v2")).json()
@@ -185,14 +212,21 @@ def test_kserve_sdk_grpc_client(server, photos, rest, image_url):
     expected, rest_document = rest
     folder, _ = photos
     names = ["chelsea.jpg", "coffee.png", "astronaut.webp"]
-    calls = kserve_calls("grpc", server.grpc_target, MODEL, *(str(folder / n) for n in names), "--url", image_url)
+    calls = kserve_calls(
+        "grpc", server.grpc_target, MODEL, *(str(folder / n) for n in names), "--url", image_url
+    )
     assert calls["live"] and calls["ready"] and calls["model_ready"] and calls["id"] == "kg-1"
     np.testing.assert_array_equal(np.asarray(calls["raw_embeddings"], np.float32), expected)
     assert calls["document"] == rest_document
     rest_url = embeddings_of(httpx.post(server.infer_url(), json=image_request([image_url])))
-    np.testing.assert_array_equal(np.asarray(json.loads(calls["url_document"])["embeddings"], np.float32), rest_url)
+    np.testing.assert_array_equal(
+        np.asarray(json.loads(calls["url_document"])["embeddings"], np.float32), rest_url
+    )
     assert calls["errors"]["unknown_model"][0] == "NOT_FOUND"
-    assert calls["errors"]["bad_image"][0] == "INVALID_ARGUMENT" and "element 0" in calls["errors"]["bad_image"][1]
+    assert (
+        calls["errors"]["bad_image"][0] == "INVALID_ARGUMENT"
+        and "element 0" in calls["errors"]["bad_image"][1]
+    )
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
@@ -200,10 +234,16 @@ def test_text_over_grpc_equals_text_over_rest(text_models, tmp_path, family):
     settings = server_settings(text_models[family], tmp_path, model_name="search", grpc_port=free_port())
     texts = ["a photo of a cat", "coins", "a photo of the cat " * 15]
     with run_server(settings) as server:
-        rest = httpx.post(server.infer_url(), json={"inputs": [
-            {"name": "text", "shape": [3], "datatype": "BYTES", "data": texts},
-            {"name": "include_raw", "shape": [1], "datatype": "BYTES", "data": ["true"]},
-        ]}, timeout=60)  # fmt: skip
+        rest = httpx.post(
+            server.infer_url(),
+            json={
+                "inputs": [
+                    {"name": "text", "shape": [3], "datatype": "BYTES", "data": texts},
+                    {"name": "include_raw", "shape": [1], "datatype": "BYTES", "data": ["true"]},
+                ]
+            },
+            timeout=60,
+        )
         client = triton.InferenceServerClient(server.grpc_target)
         try:
             text = _bytes_input([t.encode() for t in texts], name="text")

@@ -16,7 +16,9 @@ def test_generated_modules_match_the_proto(tmp_path):
     assert [p.name for p in written] == list(script.GENERATED)
     for path in written:
         committed = ROOT / script.PROTO.parent / path.name
-        assert committed.read_text() == path.read_text(), f"{committed} is stale: run scripts/generate_grpc.py"
+        assert committed.read_text() == path.read_text(), (
+            f"{committed} is stale: run scripts/generate_grpc.py"
+        )
 
 
 def test_server_messages_share_a_process_with_tritonclient_and_kserve():

@@ -24,9 +24,12 @@ def length_prefixed(*elements: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def stub(tiny_models, tmp_path_factory):
     settings = server_settings(
-        tiny_models["dinov2"], tmp_path_factory.mktemp("srv"), model_name=MODEL, grpc_port=free_port(),
+        tiny_models["dinov2"],
+        tmp_path_factory.mktemp("srv"),
+        model_name=MODEL,
+        grpc_port=free_port(),
         grpc_max_message_bytes=MAX_MESSAGE,
-    )  # fmt: skip
+    )
     with run_server(settings) as server:
         with grpc.insecure_channel(
             server.grpc_target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
@@ -53,72 +56,95 @@ def tensor(name="image", datatype="BYTES", shape=(1,), **contents) -> pb.ModelIn
 HOSTILE = {
     "oversized message": (
         request(tensor(), raw=[length_prefixed(b"\0" * (MAX_MESSAGE + 10))]),
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "larger than max",
     ),
     "image as FP32": (
         request(tensor(datatype="FP32", fp32_contents=[1.0])),
-        grpc.StatusCode.INVALID_ARGUMENT, "input 'image' must have datatype BYTES, got FP32",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image' must have datatype BYTES, got FP32",
     ),
     "contents in the wrong field": (
         request(tensor(int_contents=[1])),
-        grpc.StatusCode.INVALID_ARGUMENT, "datatype BYTES takes bytes_contents, not int_contents",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "datatype BYTES takes bytes_contents, not int_contents",
     ),
     "unknown datatype": (
         request(tensor(datatype="COMPLEX", bytes_contents=[JPEG])),
-        grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype 'COMPLEX'",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown datatype 'COMPLEX'",
     ),
     "shape larger than the data": (
         request(tensor(shape=(3,), bytes_contents=[JPEG, JPEG])),
-        grpc.StatusCode.INVALID_ARGUMENT, "shape [3] needs 3 elements, got 2",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "shape [3] needs 3 elements, got 2",
     ),
     "negative dimension": (
         request(tensor(shape=(-1,), bytes_contents=[JPEG])),
-        grpc.StatusCode.INVALID_ARGUMENT, "negative dimension",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "negative dimension",
     ),
     "4 million flag elements": (
-        request(tensor(), tensor(name="normalize", datatype="INT8", shape=(4_000_000,)), raw=[length_prefixed(JPEG), b""]),
-        grpc.StatusCode.INVALID_ARGUMENT, "input 'normalize' must have exactly one element",
+        request(
+            tensor(),
+            tensor(name="normalize", datatype="INT8", shape=(4_000_000,)),
+            raw=[length_prefixed(JPEG), b""],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'normalize' must have exactly one element",
     ),
     "too many images": (
         request(tensor(shape=(65,), bytes_contents=[JPEG] * 65)),
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "input 'image' has 65 images, over the limit of 64 per request (MAX_IMAGES_PER_REQUEST)",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "input 'image' has 65 images, over the limit of 64 per request (MAX_IMAGES_PER_REQUEST)",
     ),
     "raw BYTES length past the end": (
         request(tensor(), raw=[struct.pack("<I", 1_000_000) + JPEG]),
-        grpc.StatusCode.INVALID_ARGUMENT, "runs past the",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "runs past the",
     ),
     "truncated raw length prefix": (
         request(tensor(), raw=[b"\x01\x00"]),
-        grpc.StatusCode.INVALID_ARGUMENT, "truncated BYTES element length",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "truncated BYTES element length",
     ),
     "raw FP32 not a whole number of values": (
         request(tensor(), tensor(name="normalize", datatype="FP32"), raw=[length_prefixed(JPEG), b"\0" * 3]),
-        grpc.StatusCode.INVALID_ARGUMENT, "3 bytes is not a whole number of FP32 values",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "3 bytes is not a whole number of FP32 values",
     ),
     "fewer raw entries than inputs": (
         request(tensor(), tensor(name="normalize"), raw=[length_prefixed(JPEG)]),
-        grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents has 1 entries for 2 inputs",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "raw_input_contents has 1 entries for 2 inputs",
     ),
     "raw and contents together": (
         request(tensor(bytes_contents=[JPEG]), raw=[length_prefixed(JPEG)]),
-        grpc.StatusCode.INVALID_ARGUMENT, "has both contents and raw_input_contents",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has both contents and raw_input_contents",
     ),
     "the same input twice": (
         request(tensor(bytes_contents=[JPEG]), tensor(bytes_contents=[JPEG])),
-        grpc.StatusCode.INVALID_ARGUMENT, "appears more than once",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "appears more than once",
     ),
     "no inputs": (request(), grpc.StatusCode.INVALID_ARGUMENT, "inputs: List should have at least 1 item"),
     "not an image": (
         request(tensor(bytes_contents=[b"GIF89a" + b"\xff" * 64])),
-        grpc.StatusCode.INVALID_ARGUMENT, "input 'image' element 0",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image' element 0",
     ),
     "timeout parameter not a number": (
-        request(tensor(bytes_contents=[JPEG]), parameters={"timeout": pb.InferParameter(string_param="soon")}),
-        grpc.StatusCode.INVALID_ARGUMENT, "parameter timeout must be a positive number",
+        request(
+            tensor(bytes_contents=[JPEG]), parameters={"timeout": pb.InferParameter(string_param="soon")}
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "parameter timeout must be a positive number",
     ),
     "unknown version": (
         request(tensor(bytes_contents=[JPEG]), model_version="7"),
-        grpc.StatusCode.NOT_FOUND, "has no version '7'",
+        grpc.StatusCode.NOT_FOUND,
+        "has no version '7'",
     ),
 }
 

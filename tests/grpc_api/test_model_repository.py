@@ -43,7 +43,9 @@ def make_repository(root, tiny_models, models: dict[str, tuple[str, dict | None]
 
 def single_model_embeddings(tiny_models, tmp_path, family: str, **settings) -> np.ndarray:
     """The reference: the same model served alone with MODEL_ID."""
-    with run_server(server_settings(tiny_models[family], tmp_path / f"single-{family}", **settings)) as server:
+    with run_server(
+        server_settings(tiny_models[family], tmp_path / f"single-{family}", **settings)
+    ) as server:
         return embeddings_of(httpx.post(server.infer_url(), json=image_request(IMAGES), timeout=60))
 
 
@@ -64,13 +66,19 @@ def index(server) -> dict[str, tuple[str, str]]:
 
 
 def test_two_models_under_concurrent_load_from_both_transports(tiny_models, tmp_path):
-    repository = make_repository(tmp_path / "repo", tiny_models, {
-        "dino": ("dinov2", None),
-        "vit": ("vit", {"pooling_strategy": "mean", "normalize_embeddings": True, "max_batch_size": 4}),
-    })  # fmt: skip
+    repository = make_repository(
+        tmp_path / "repo",
+        tiny_models,
+        {
+            "dino": ("dinov2", None),
+            "vit": ("vit", {"pooling_strategy": "mean", "normalize_embeddings": True, "max_batch_size": 4}),
+        },
+    )
     expected = {
         "dino": single_model_embeddings(tiny_models, tmp_path, "dinov2"),
-        "vit": single_model_embeddings(tiny_models, tmp_path, "vit", pooling_strategy="mean", normalize_embeddings=True),
+        "vit": single_model_embeddings(
+            tiny_models, tmp_path, "vit", pooling_strategy="mean", normalize_embeddings=True
+        ),
     }
     assert not np.allclose(expected["dino"][:, :8], expected["vit"][:, :8])
     settings = server_settings(None, tmp_path, model_repository=repository, grpc_port=free_port())
@@ -99,23 +107,33 @@ def test_two_models_under_concurrent_load_from_both_transports(tiny_models, tmp_
         text = httpx.get(f"{server.url}/metrics").text
         images = {
             s.labels["model"]: s.value
-            for f in text_string_to_metric_families(text) for s in f.samples if s.name == "embed_images_total"
-        }  # fmt: skip
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "embed_images_total"
+        }
         assert images == {"dino": 48, "vit": 48}
         stats = httpx.get(f"{server.url}/v2/models/stats").json()["model_stats"]
         assert {s["name"]: s["inference_count"] for s in stats} == {"dino": 48, "vit": 48}
 
 
 def test_load_unload_and_ttl_while_another_model_serves(tiny_models, tmp_path):
-    repository = make_repository(tmp_path / "repo", tiny_models, {
-        "busy": ("dinov2", None),
-        "vit": ("vit", None),
-        "lazy": ("convnext", {"load_at_startup": False}),
-    })  # fmt: skip
+    repository = make_repository(
+        tmp_path / "repo",
+        tiny_models,
+        {
+            "busy": ("dinov2", None),
+            "vit": ("vit", None),
+            "lazy": ("convnext", {"load_at_startup": False}),
+        },
+    )
     settings = server_settings(
-        None, tmp_path, model_repository=repository, grpc_port=free_port(), model_ttl_s=1.0,
+        None,
+        tmp_path,
+        model_repository=repository,
+        grpc_port=free_port(),
+        model_ttl_s=1.0,
         model_control_mode="explicit",
-    )  # fmt: skip
+    )
     with run_server(settings) as server:
         assert index(server)["lazy"] == ("UNAVAILABLE", "not loaded yet")
         reference = embeddings_of(infer(server, "vit"))
@@ -187,7 +205,10 @@ def test_a_loading_model_is_503_for_that_model_only(tiny_models, tmp_path):
             loading = pool.submit(httpx.post, f"{server.url}/v2/repository/models/b/load", timeout=60)
             time.sleep(0.4)
             refused = infer(server, "b")
-            assert refused.status_code == 503 and refused.json()["error"] == "model 'b' is loading; retry shortly"
+            assert (
+                refused.status_code == 503
+                and refused.json()["error"] == "model 'b' is loading; retry shortly"
+            )
             assert refused.headers["retry-after"] == "1"
             assert index(server)["b"] == ("LOADING", "loading")
             assert infer(server, "a").status_code == 200
@@ -197,9 +218,14 @@ def test_a_loading_model_is_503_for_that_model_only(tiny_models, tmp_path):
         assert infer(server, "b").status_code == 200
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
         # A model config sent with the load cannot be honoured: refused, not ignored.
-        refused = httpx.post(f"{server.url}/v2/repository/models/b/load", json={"parameters": {"config": "{}"}})
+        refused = httpx.post(
+            f"{server.url}/v2/repository/models/b/load", json={"parameters": {"config": "{}"}}
+        )
         assert refused.status_code == 400
-        assert refused.json()["error"] == "load parameter 'config' is not supported: a model loads from its own folder"
+        assert (
+            refused.json()["error"]
+            == "load parameter 'config' is not supported: a model loads from its own folder"
+        )
 
 
 def test_max_loaded_models_unloads_the_least_recently_used(tiny_models, tmp_path):
@@ -207,8 +233,9 @@ def test_max_loaded_models_unloads_the_least_recently_used(tiny_models, tmp_path
     settings = server_settings(None, tmp_path, model_repository=repository, max_loaded_models=1)
     with run_server(settings) as server:
         assert index(server) == {
-            "a": ("READY", ""), "b": ("UNAVAILABLE", "not loaded yet"),
-        }  # fmt: skip
+            "a": ("READY", ""),
+            "b": ("UNAVAILABLE", "not loaded yet"),
+        }
         first_a = embeddings_of(infer(server, "a"))
         assert infer(server, "b").status_code == 200  # a is idle: it makes room
         state, reason = index(server)["a"]
@@ -256,7 +283,9 @@ def test_python_m_app_serves_a_repository_over_both_transports(tiny_models, tmp_
         client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         try:
             for model in ("a", "b"):
-                response = httpx.post(f"{process.url}/v2/models/{model}/infer", json=image_request(IMAGES), timeout=60)
+                response = httpx.post(
+                    f"{process.url}/v2/models/{model}/infer", json=image_request(IMAGES), timeout=60
+                )
                 np.testing.assert_array_equal(grpc_embeddings(client, model, IMAGES), embeddings_of(response))
         finally:
             client.close()

@@ -93,8 +93,12 @@ def test_only_the_supported_formats_are_opened():
     # ICO decodes its embedded PNG while opening: a 12000x12000 one is 550 MiB of pixels.
     huge_png = encode(Image.new("1", (12000, 12000)), "PNG")
     started = time.perf_counter()
-    for data in (_ico_holding(huge_png), encode(Image.new("RGB", (64, 64)), "ICNS"),
-                 encode(Image.new("RGB", (64, 64)), "PCX"), encode(Image.new("RGB", (64, 64)), "TGA")):  # fmt: skip
+    for data in (
+        _ico_holding(huge_png),
+        encode(Image.new("RGB", (64, 64)), "ICNS"),
+        encode(Image.new("RGB", (64, 64)), "PCX"),
+        encode(Image.new("RGB", (64, 64)), "TGA"),
+    ):
         with pytest.raises(ImageError, match="not a recognised image format"):
             decode_image(data, LIMIT)
     assert time.perf_counter() - started < 2  # refused from the signature, nothing decoded

@@ -40,7 +40,12 @@ def _seeds(fmt: str) -> list[bytes]:
         "WEBP": [{"lossless": True}, {"quality": 60}],
         "GIF": [{}],
         "BMP": [{}],
-        "TIFF": [{}, {"compression": "tiff_lzw"}, {"compression": "packbits"}, {"compression": "tiff_deflate"}],
+        "TIFF": [
+            {},
+            {"compression": "tiff_lzw"},
+            {"compression": "packbits"},
+            {"compression": "tiff_deflate"},
+        ],
     }[fmt]
     seeds = []
     for image in variants:

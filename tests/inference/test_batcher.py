@@ -171,7 +171,9 @@ def test_out_of_memory_is_retried_in_smaller_pieces():
 
     recorder = SmallMemory()
     # The torch backend tells which exceptions mean out of memory.
-    [result] = _run(DynamicBatcher(recorder, max_batch=8, max_wait_s=0, is_out_of_memory=is_out_of_memory), [(4.0, 7)])
+    [result] = _run(
+        DynamicBatcher(recorder, max_batch=8, max_wait_s=0, is_out_of_memory=is_out_of_memory), [(4.0, 7)]
+    )
     assert result.shape == (7, 1) and (result == 4.0).all()
     # 7 fails, then halves: 3 fails (1 + 2 pass), 4 fails (2 + 2 pass); never 7 again.
     assert recorder.batches == [7, 3, 1, 2, 4, 2, 2]

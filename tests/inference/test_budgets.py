@@ -15,7 +15,9 @@ def test_byte_budget_refuses_past_its_capacity_and_reservations_release_once():
     budget = ByteBudget(100, "request bodies", "MAX_REQUEST_BYTES_IN_FLIGHT")
     first, second = Reservation(budget), Reservation(budget)
     first.grow(60)
-    with pytest.raises(Overloaded, match="holding 60 bytes of request bodies.*MAX_REQUEST_BYTES_IN_FLIGHT") as refusal:
+    with pytest.raises(
+        Overloaded, match="holding 60 bytes of request bodies.*MAX_REQUEST_BYTES_IN_FLIGHT"
+    ) as refusal:
         second.grow(41)
     assert refusal.value.headers == {"Retry-After": "1"} and second.held == 0
     second.grow(40)

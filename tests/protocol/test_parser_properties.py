@@ -58,7 +58,9 @@ request_like = st.fixed_dictionaries(
 
 def _parse(body: bytes, header_length: str | None) -> None:
     try:
-        build_spec(parse_infer_body(body, header_length), SizeLimits(max_images=16, max_texts=16, max_text_chars=64))
+        build_spec(
+            parse_infer_body(body, header_length), SizeLimits(max_images=16, max_texts=16, max_text_chars=64)
+        )
     except ServiceError as exc:
         assert 400 <= exc.status_code < 500, exc
 

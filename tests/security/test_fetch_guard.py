@@ -22,11 +22,18 @@ from tests.support import LOOPBACK, encode, photo, serve_in_thread
 IMAGE = encode(photo("chelsea"))
 # Refused classes, reached through a hostname the test's resolver maps there.
 INTERNAL = {
-    "metadata.test": "169.254.169.254", "db.test": "10.0.0.5", "cache.test": "172.16.3.4",
-    "router.test": "192.168.1.1", "cgnat.test": "100.64.1.1", "ula.test": "fd00::5",
-    "linklocal6.test": "fe80::1", "mcast.test": "239.1.1.1", "mapped.test": "::ffff:10.0.0.5",
-    "reserved.test": "240.0.0.9", "zero.test": "0.0.0.0",
-}  # fmt: skip
+    "metadata.test": "169.254.169.254",
+    "db.test": "10.0.0.5",
+    "cache.test": "172.16.3.4",
+    "router.test": "192.168.1.1",
+    "cgnat.test": "100.64.1.1",
+    "ula.test": "fd00::5",
+    "linklocal6.test": "fe80::1",
+    "mcast.test": "239.1.1.1",
+    "mapped.test": "::ffff:10.0.0.5",
+    "reserved.test": "240.0.0.9",
+    "zero.test": "0.0.0.0",
+}
 
 
 def resolver_for(table: dict[str, list[str]]):
@@ -61,12 +68,19 @@ def test_hostnames_resolving_to_internal_addresses_are_refused(host, tripwire):
 @pytest.mark.parametrize(
     "url",
     [
-        "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/a.jpg", "http://172.16.0.1/a.jpg",
-        "http://192.168.0.1/a.jpg", "http://100.64.0.1/a.jpg", "http://[fd00::1]/a.jpg",
-        "http://[fe80::1]/a.jpg", "http://224.0.0.1/a.jpg", "http://[::ffff:169.254.169.254]/",
-        "http://[::ffff:a9fe:a9fe]/", "https://10.1.2.3:8443/a.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/a.jpg",
+        "http://172.16.0.1/a.jpg",
+        "http://192.168.0.1/a.jpg",
+        "http://100.64.0.1/a.jpg",
+        "http://[fd00::1]/a.jpg",
+        "http://[fe80::1]/a.jpg",
+        "http://224.0.0.1/a.jpg",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "https://10.1.2.3:8443/a.jpg",
     ],
-)  # fmt: skip
+)
 def test_literal_internal_addresses_are_refused(url, tripwire):
     with pytest.raises(PolicyRefusal, match="refused by policy") as refusal:
         fetch(url, resolver=resolver_for({}))
@@ -76,9 +90,16 @@ def test_literal_internal_addresses_are_refused(url, tripwire):
 
 
 LOOPBACK_SPELLINGS = [
-    "127.0.0.1", "127.1", "2130706433", "0x7f000001", "[::1]", "[::ffff:127.0.0.1]",
-    "0.0.0.0", "localhost", "localhost.",
-]  # fmt: skip
+    "127.0.0.1",
+    "127.1",
+    "2130706433",
+    "0x7f000001",
+    "[::1]",
+    "[::ffff:127.0.0.1]",
+    "0.0.0.0",
+    "localhost",
+    "localhost.",
+]
 
 
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
@@ -96,8 +117,12 @@ def test_allowed_host_is_fetched_and_redirects_elsewhere_are_checked_again(tripw
         # A redirect to the same allowed host is followed ...
         assert fetch(f"{server.base_url}/redirect?to=/image.jpg", policy) == IMAGE
         # ... one to another spelling of loopback, or to the metadata address, is not.
-        for target in (f"http://localhost:{server.port}/image.jpg", f"http://127.1:{server.port}/image.jpg",
-                       "http://169.254.169.254/latest/meta-data/", f"http://[::1]:{server.port}/image.jpg"):  # fmt: skip
+        for target in (
+            f"http://localhost:{server.port}/image.jpg",
+            f"http://127.1:{server.port}/image.jpg",
+            "http://169.254.169.254/latest/meta-data/",
+            f"http://[::1]:{server.port}/image.jpg",
+        ):
             with pytest.raises(PolicyRefusal, match="refused by policy"):
                 fetch(f"{server.base_url}/redirect?to={target}", policy)
     assert set(tripwire.attempts) == {"127.0.0.1"}

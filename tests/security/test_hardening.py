@@ -48,9 +48,14 @@ def server(tiny_models, tmp_path_factory):
         # loopback address must still be refused) and a loopback CIDR no test address is in
         # (with a CIDR entry, every other host name is resolved, then refused).
         with app_process(
-            tiny_models["dinov2"], folder, "--allow-private-urls", "false",
-            "--url-allowlist", "localhost,127.255.255.252/30", stderr=log,
-        ) as process:  # fmt: skip
+            tiny_models["dinov2"],
+            folder,
+            "--allow-private-urls",
+            "false",
+            "--url-allowlist",
+            "localhost,127.255.255.252/30",
+            stderr=log,
+        ) as process:
             process.log_path = log_path
             process.port = int(process.url.rsplit(":", 1)[1])
             process.memory = Memory(process.pid)
@@ -75,7 +80,9 @@ def _icns() -> bytes:
 def _gzip_bomb() -> bytes:
     """248 KiB of gzip that inflates to 250 MiB of JSON (the issue's case)."""
     inner = b"A" * (250 * MIB - 100)
-    document = b'{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["' + inner + b'"]}]}'
+    document = (
+        b'{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["' + inner + b'"]}]}'
+    )
     return gzip.compress(document, compresslevel=9)
 
 
@@ -85,10 +92,19 @@ def _huge_flag_json() -> bytes:
 
 
 def _huge_flag_binary() -> tuple[bytes, dict]:
-    header = json.dumps({"inputs": [
-        image_request(["x"])["inputs"][0],
-        {"name": "normalize", "shape": [4_000_000], "datatype": "INT8", "parameters": {"binary_data_size": 4_000_000}},
-    ]}).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "inputs": [
+                image_request(["x"])["inputs"][0],
+                {
+                    "name": "normalize",
+                    "shape": [4_000_000],
+                    "datatype": "INT8",
+                    "parameters": {"binary_data_size": 4_000_000},
+                },
+            ]
+        }
+    ).encode()
     return header + bytes(4_000_000), {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -98,17 +114,107 @@ def cases():
     binary_flag, binary_headers = _huge_flag_binary()
     huge_png = encode(Image.new("1", (12000, 12000)), "PNG")
     return [
-        ("ico holding a 12000x12000 png", "POST", INFER, _image_body(data_uri(_ico_holding(huge_png), "image/x-icon")), {}, 400, ["element 0", "not a recognised image format"], 40),
-        ("icns", "POST", INFER, _image_body(data_uri(_icns(), "image/icns")), {}, 400, ["not a recognised image format"], 40),
-        ("gzip bomb: 248 KiB to 250 MiB", "POST", INFER, _gzip_bomb(), {"Content-Encoding": "gzip"}, 413, ["decompressed body", "MAX_INFLATION_RATIO"], 60),
-        ("4-million-element flag, json", "POST", INFER, _huge_flag_json(), {}, 413, ["request JSON holds more than", "send fewer elements"], 80),
-        ("4-million-element flag, binary", "POST", INFER, binary_flag, binary_headers, 400, ["'normalize' must have exactly one element", "4000000"], 40),
-        ("malformed tiff", "POST", INFER, _image_body(data_uri(tiff, "image/tiff")), {}, 400, ["element 0", "malformed"], 40),
-        ("host with a 64-character label", "POST", INFER, _image_body("http://" + "a" * 64 + ".invalid/a.jpg"), {}, 400, ["element 0", "refused by policy"], 40),
-        ("host with an empty label", "POST", INFER, _image_body("http://images..invalid/a.jpg"), {}, 400, ["element 0", "refused by policy"], 40),
-        ("model name with a newline", "POST", "/v2/models/x%0D%0AFORGED%20line/infer", GOOD, {}, 404, ["unknown model"], 40),
-        ("unknown model with a newline in metadata", "GET", "/v2/models/x%0AFORGED%20line", b"", {}, 404, ["unknown model"], 40),
-    ]  # fmt: skip
+        (
+            "ico holding a 12000x12000 png",
+            "POST",
+            INFER,
+            _image_body(data_uri(_ico_holding(huge_png), "image/x-icon")),
+            {},
+            400,
+            ["element 0", "not a recognised image format"],
+            40,
+        ),
+        (
+            "icns",
+            "POST",
+            INFER,
+            _image_body(data_uri(_icns(), "image/icns")),
+            {},
+            400,
+            ["not a recognised image format"],
+            40,
+        ),
+        (
+            "gzip bomb: 248 KiB to 250 MiB",
+            "POST",
+            INFER,
+            _gzip_bomb(),
+            {"Content-Encoding": "gzip"},
+            413,
+            ["decompressed body", "MAX_INFLATION_RATIO"],
+            60,
+        ),
+        (
+            "4-million-element flag, json",
+            "POST",
+            INFER,
+            _huge_flag_json(),
+            {},
+            413,
+            ["request JSON holds more than", "send fewer elements"],
+            80,
+        ),
+        (
+            "4-million-element flag, binary",
+            "POST",
+            INFER,
+            binary_flag,
+            binary_headers,
+            400,
+            ["'normalize' must have exactly one element", "4000000"],
+            40,
+        ),
+        (
+            "malformed tiff",
+            "POST",
+            INFER,
+            _image_body(data_uri(tiff, "image/tiff")),
+            {},
+            400,
+            ["element 0", "malformed"],
+            40,
+        ),
+        (
+            "host with a 64-character label",
+            "POST",
+            INFER,
+            _image_body("http://" + "a" * 64 + ".invalid/a.jpg"),
+            {},
+            400,
+            ["element 0", "refused by policy"],
+            40,
+        ),
+        (
+            "host with an empty label",
+            "POST",
+            INFER,
+            _image_body("http://images..invalid/a.jpg"),
+            {},
+            400,
+            ["element 0", "refused by policy"],
+            40,
+        ),
+        (
+            "model name with a newline",
+            "POST",
+            "/v2/models/x%0D%0AFORGED%20line/infer",
+            GOOD,
+            {},
+            404,
+            ["unknown model"],
+            40,
+        ),
+        (
+            "unknown model with a newline in metadata",
+            "GET",
+            "/v2/models/x%0AFORGED%20line",
+            b"",
+            {},
+            404,
+            ["unknown model"],
+            40,
+        ),
+    ]
 
 
 CASE_IDS = [c[0] for c in cases()]
@@ -217,7 +323,9 @@ def test_an_allow_listed_name_pointing_at_loopback_is_not_fetched(server, tmp_pa
     hits = []
     with static_server(tmp_path) as url:
         port = url.rsplit(":", 1)[1]
-        response = httpx.post(f"{server.url}{INFER}", content=_image_body(f"http://localhost:{port}/image.jpg"))
+        response = httpx.post(
+            f"{server.url}{INFER}", content=_image_body(f"http://localhost:{port}/image.jpg")
+        )
         assert response.status_code == 400
         assert "refused by policy" in response.json()["error"]
         hits.append(httpx.get(f"{url}/image.jpg").status_code)  # the server itself was up

@@ -122,8 +122,12 @@ def test_model_control_is_off_by_default(default_server):
         stub = GRPCInferenceServiceStub(channel)
         for call in (stub.RepositoryModelUnload, stub.RepositoryModelLoad):
             with pytest.raises(grpc.RpcError) as refused:
-                call(pb.RepositoryModelUnloadRequest(model_name=MODEL) if "Unload" in str(call) else
-                     pb.RepositoryModelLoadRequest(model_name=MODEL), timeout=30)  # fmt: skip
+                call(
+                    pb.RepositoryModelUnloadRequest(model_name=MODEL)
+                    if "Unload" in str(call)
+                    else pb.RepositoryModelLoadRequest(model_name=MODEL),
+                    timeout=30,
+                )
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert_serves_grpc(stub)
         assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
@@ -167,9 +171,20 @@ def test_a_token_without_explicit_mode_stops_start_up(tiny_models, tmp_path):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "app", "--model-id", str(tiny_models["dinov2"]), "--model-control-token", TOKEN],
-        capture_output=True, text=True, timeout=60, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--model-id",
+            str(tiny_models["dinov2"]),
+            "--model-control-token",
+            TOKEN,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2
     assert "MODEL_CONTROL_TOKEN is set but MODEL_CONTROL_MODE is none" in result.stderr
     assert TOKEN not in result.stderr
@@ -203,7 +218,10 @@ def test_concurrent_text_requests_each_get_their_own_embedding(text_models, tmp_
 
         def client_run(worker: int) -> list[tuple[str, np.ndarray]]:
             with httpx.Client(base_url=server.url) as client:
-                return [(text, embed(client, text)) for text in (TEXTS[(worker + i) % len(TEXTS)] for i in range(60))]
+                return [
+                    (text, embed(client, text))
+                    for text in (TEXTS[(worker + i) % len(TEXTS)] for i in range(60))
+                ]
 
         with ThreadPoolExecutor(8) as pool:
             answers = [pair for run in pool.map(client_run, range(8)) for pair in run]
@@ -256,28 +274,39 @@ def test_a_request_cancelled_mid_eviction_leaves_a_consistent_repository(tiny_mo
 def test_unload_longer_than_the_request_timeout_and_a_load_during_an_unload(tiny_models, tmp_path):
     flags = ("--model-control-mode", "explicit", "--request-timeout-s", "1")
     fetching = threading.Event()
-    with app_process(tiny_models["dinov2"], tmp_path, *flags) as server, slow_server(3, JPEG, started=fetching) as url:
+    with (
+        app_process(tiny_models["dinov2"], tmp_path, *flags) as server,
+        slow_server(3, JPEG, started=fetching) as url,
+    ):
         body = image_request([f"{url}/slow.jpg"]) | {"parameters": {"timeout": 20_000_000}}
         with ThreadPoolExecutor(2) as pool:
             # The unload waits REQUEST_TIMEOUT_S for the request, then stops the worker
             # while the request still fetches: it must end in a 503, not a 500.
             preparing = pool.submit(httpx.post, f"{server.url}{INFER}", json=body, timeout=60)
             assert fetching.wait(30)
-            assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=60).status_code == 200
+            assert (
+                httpx.post(f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=60).status_code == 200
+            )
             answer = preparing.result()
             assert answer.status_code == 503, answer.text
             assert "unloaded while the request was prepared" in answer.json()["error"]
-            assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=60).status_code == 200
+            assert (
+                httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=60).status_code == 200
+            )
             # A load sent while an unload is in progress waits for it, then loads.
             fetching.clear()
             preparing = pool.submit(httpx.post, f"{server.url}{INFER}", json=body, timeout=60)
             assert fetching.wait(30)
-            unloading = pool.submit(httpx.post, f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=60)
+            unloading = pool.submit(
+                httpx.post, f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=60
+            )
             deadline = time.monotonic() + 30
             while httpx.post(f"{server.url}/v2/repository/index").json()[0]["state"] != "UNLOADING":
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
-            assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=60).status_code == 200
+            assert (
+                httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=60).status_code == 200
+            )
             assert unloading.result().status_code == 200
             preparing.result()
         assert httpx.post(f"{server.url}/v2/repository/index").json()[0]["state"] == "READY"
@@ -291,7 +320,9 @@ def test_unload_longer_than_the_request_timeout_and_a_load_during_an_unload(tiny
 @pytest.fixture(scope="module")
 def grpc_server(tiny_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("grpc")
-    with grpc_process(tiny_models["dinov2"], folder, "--grpc-receive-timeout-s", str(RECEIVE_TIMEOUT_S)) as process:
+    with grpc_process(
+        tiny_models["dinov2"], folder, "--grpc-receive-timeout-s", str(RECEIVE_TIMEOUT_S)
+    ) as process:
         yield process
 
 
@@ -371,11 +402,17 @@ class StalledStreams:
         self.remaining: dict[int, int] = {}
         for _ in range(streams):
             stream = self.connection.get_next_available_stream_id()
-            self.connection.send_headers(stream, [
-                (":method", "POST"), (":scheme", "http"), (":authority", f"{LOOPBACK}:{port}"),
-                (":path", "/inference.GRPCInferenceService/ModelInfer"),
-                ("content-type", "application/grpc"), ("te", "trailers"),
-            ])  # fmt: skip
+            self.connection.send_headers(
+                stream,
+                [
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":authority", f"{LOOPBACK}:{port}"),
+                    (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                    ("content-type", "application/grpc"),
+                    ("te", "trailers"),
+                ],
+            )
             self.connection.send_data(stream, b"\0" + struct.pack(">I", declared))
             self.statuses[stream] = None
             self.remaining[stream] = sent
@@ -411,8 +448,12 @@ class StalledStreams:
             for stream, left in self.remaining.items():
                 if not left or self.statuses[stream] is not None:
                     continue
-                size = min(left, self.connection.local_flow_control_window(stream), len(chunk),
-                           self.connection.max_outbound_frame_size)  # fmt: skip
+                size = min(
+                    left,
+                    self.connection.local_flow_control_window(stream),
+                    len(chunk),
+                    self.connection.max_outbound_frame_size,
+                )
                 if size > 0:
                     self.connection.send_data(stream, chunk[:size])
                     self.remaining[stream] -= size
@@ -539,9 +580,12 @@ def test_int8_calibration_holds_one_photo_at_full_size(tiny_models, tmp_path):
         base.rotate(index * 7, fillcolor=(index * 15, 90, 200)).save(folder / f"{index:02d}.jpg", quality=80)
     result = subprocess.run(
         [sys.executable, "-c", CALIBRATION_PEAK, str(tiny_models["dinov2"]), str(folder)],
-        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
         cwd=str(ROOT),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     count, growth = result.stdout.split()
     print(f"calibration of 16 x 12 MP: +{float(growth):.0f} MiB")

@@ -28,13 +28,17 @@ def test_no_server_errors_and_schema_conformance(fuzzed_server):
     assert len(operations) >= 10
     calls = []
     for operation in operations:
-
         # derandomize: the same cases every run (a fuzz failure is reproducible, not a flake).
         # positive_data_acceptance is left out: the infer body's binary form is declared as
         # any bytes (application/octet-stream), but only a V2 binary request is accepted.
         @given(case=operation.as_strategy())
-        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                  derandomize=True)  # fmt: skip
+        @settings(
+            max_examples=30,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,
+        )
         def check(case):
             calls.append(case.call_and_validate(excluded_checks=[positive_data_acceptance]).status_code)
 

@@ -102,27 +102,42 @@ def test_sigterm_drains_then_exits(tiny_models, tmp_path):
     from app.grpc_api.v2.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
     grpc_port = free_port()
-    with app_process(
-        tiny_models["dinov2"], tmp_path, "--shutdown-drain-s", "1.5", "--log-level", "warning",
-        "--grpc-port", str(grpc_port),
-    ) as process, grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # fmt: skip
+    with (
+        app_process(
+            tiny_models["dinov2"],
+            tmp_path,
+            "--shutdown-drain-s",
+            "1.5",
+            "--log-level",
+            "warning",
+            "--grpc-port",
+            str(grpc_port),
+        ) as process,
+        grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+    ):
         url = process.url
         stub = GRPCInferenceServiceStub(channel)
 
         def grpc_infer(image: bytes):
             message = pb.ModelInferRequest(model_name="dinov2")
-            message.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(image)
+            message.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+                image
+            )
             return stub.ModelInfer(message, timeout=30)
 
         # The gRPC call outlasts the HTTP one: it is still running when uvicorn has closed.
         with slow_server(2.5, GOOD) as slow, slow_server(4.0, GOOD) as slower:
             result = {}
             in_flight = [
-                threading.Thread(target=lambda: result.update(r=httpx.post(
-                    f"{url}/v2/models/dinov2/infer", json=image_request([f"{slow}/a.jpg"]), timeout=30
-                ))),
+                threading.Thread(
+                    target=lambda: result.update(
+                        r=httpx.post(
+                            f"{url}/v2/models/dinov2/infer", json=image_request([f"{slow}/a.jpg"]), timeout=30
+                        )
+                    )
+                ),
                 threading.Thread(target=lambda: result.update(g=grpc_infer(f"{slower}/b.jpg".encode()))),
-            ]  # fmt: skip
+            ]
             for thread in in_flight:
                 thread.start()
             time.sleep(0.5)
@@ -133,7 +148,10 @@ def test_sigterm_drains_then_exits(tiny_models, tmp_path):
             assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
             with pytest.raises(grpc.RpcError) as caught:
                 grpc_infer(GOOD)
-            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in caught.value.details()
+            assert (
+                caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                and "shutting down" in caught.value.details()
+            )
             for thread in in_flight:
                 thread.join(30)
             assert result["r"].status_code == 200  # the in-flight requests finished
@@ -146,7 +164,10 @@ def test_body_bytes_in_flight_are_bounded(tiny_models, tmp_path):
     """A body that is still arriving holds its declared size; past the bound, the next
     request is refused at once (503 + Retry-After) before a byte of it is read."""
     settings = server_settings(
-        tiny_models["dinov2"], tmp_path, max_request_bytes=1024 * 1024, max_request_bytes_in_flight=1536 * 1024
+        tiny_models["dinov2"],
+        tmp_path,
+        max_request_bytes=1024 * 1024,
+        max_request_bytes_in_flight=1536 * 1024,
     )
     padded = json.dumps(image_request([data_uri(GOOD)])).encode().ljust(600 * 1024)
     with run_server(settings) as server:
@@ -154,7 +175,8 @@ def test_body_bytes_in_flight_are_bounded(tiny_models, tmp_path):
         with socket.create_connection((LOOPBACK, settings.port)) as slow_client:
             slow_client.sendall(
                 f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {1024 * 1024}\r\n\r\n".encode() + b"{" * 1000
+                f"Content-Length: {1024 * 1024}\r\n\r\n".encode()
+                + b"{" * 1000
             )
             time.sleep(0.5)  # the server has read the headers and holds 1 MiB for this body
             refused = httpx.post(server.infer_url(), content=padded, timeout=30)

@@ -9,14 +9,42 @@ import pytest
 from app.images.url_policy import PolicyRefusal, UrlPolicy, is_public_address
 
 REFUSED = [
-    "10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.254", "192.168.1.1",
-    "169.254.169.254", "169.254.0.1", "100.64.0.1", "100.127.255.254", "127.0.0.1", "127.1.2.3",
-    "0.0.0.0", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255", "192.0.0.8",
-    "198.18.0.1", "192.0.2.1",
-    "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "2001:db8::1",
-    "::ffff:10.0.0.1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:192.168.0.1",
-    "::ffff:100.64.0.1", "2002:0a00:0001::1", "::10.0.0.1", "64:ff9b::a00:1", "64:ff9b::7f00:1",
-]  # fmt: skip
+    "10.0.0.1",
+    "10.255.255.255",
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.168.1.1",
+    "169.254.169.254",
+    "169.254.0.1",
+    "100.64.0.1",
+    "100.127.255.254",
+    "127.0.0.1",
+    "127.1.2.3",
+    "0.0.0.0",
+    "224.0.0.1",
+    "239.255.255.250",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.0.8",
+    "198.18.0.1",
+    "192.0.2.1",
+    "::1",
+    "::",
+    "fc00::1",
+    "fd12:3456::1",
+    "fe80::1",
+    "ff02::1",
+    "2001:db8::1",
+    "::ffff:10.0.0.1",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:192.168.0.1",
+    "::ffff:100.64.0.1",
+    "2002:0a00:0001::1",
+    "::10.0.0.1",
+    "64:ff9b::a00:1",
+    "64:ff9b::7f00:1",
+]
 PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
 
 
@@ -52,7 +80,11 @@ def test_private_switch_and_allow_list():
 def test_an_allow_listed_name_still_needs_a_public_address():
     """Whoever controls a listed name's DNS must not be able to point it inside the cluster."""
     policy = UrlPolicy(allowed_hosts=frozenset({"localhost", "images.internal"}))
-    for host, address in [("localhost", "127.0.0.1"), ("images.internal", "10.9.9.9"), ("images.internal", "::1")]:
+    for host, address in [
+        ("localhost", "127.0.0.1"),
+        ("images.internal", "10.9.9.9"),
+        ("images.internal", "::1"),
+    ]:
         with pytest.raises(PolicyRefusal, match="refused by policy"):
             policy.check_address(host, ipaddress.ip_address(address))
     # ALLOW_PRIVATE_URLS or a CIDR entry lets it through.
@@ -64,7 +96,9 @@ def test_an_allow_listed_name_still_needs_a_public_address():
     ).check_address("localhost", ipaddress.ip_address("127.0.0.1"))
 
 
-@pytest.mark.parametrize("address", ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254", "100.100.100.200"])
+@pytest.mark.parametrize(
+    "address", ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254", "100.100.100.200"]
+)
 def test_metadata_endpoints_need_an_entry_that_names_them(address):
     ip = ipaddress.ip_address(address)
     for policy in (
@@ -112,12 +146,17 @@ def test_urls_can_be_switched_off():
 @pytest.mark.parametrize(
     ("literal", "kind"),
     [
-        ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"), ("10.1.2.3", "a private address"),
-        ("fd00::1", "a private address"), ("100.64.0.1", "a private address"),
-        ("169.254.0.9", "a link-local address"), ("::ffff:192.168.0.1", "a private address"),
-        ("0.0.0.0", "the unspecified address"), ("224.0.0.1", "a multicast address"),
+        ("127.0.0.1", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("10.1.2.3", "a private address"),
+        ("fd00::1", "a private address"),
+        ("100.64.0.1", "a private address"),
+        ("169.254.0.9", "a link-local address"),
+        ("::ffff:192.168.0.1", "a private address"),
+        ("0.0.0.0", "the unspecified address"),
+        ("224.0.0.1", "a multicast address"),
     ],
-)  # fmt: skip
+)
 def test_a_refused_address_literal_says_what_it_is_and_what_would_allow_it(literal, kind):
     """An address the client wrote itself: naming its kind tells it nothing new."""
     with pytest.raises(PolicyRefusal) as refusal:
@@ -129,7 +168,9 @@ def test_a_refused_address_literal_says_what_it_is_and_what_would_allow_it(liter
 
 def test_a_metadata_literal_names_only_the_allow_list():
     with pytest.raises(PolicyRefusal) as refusal:
-        UrlPolicy(allow_private=True).check_address("169.254.169.254", ipaddress.ip_address("169.254.169.254"), True)
+        UrlPolicy(allow_private=True).check_address(
+            "169.254.169.254", ipaddress.ip_address("169.254.169.254"), True
+        )
     assert "is a cloud metadata address (refused by policy); only a URL_ALLOWLIST entry" in str(refusal.value)
 
 
@@ -140,5 +181,7 @@ def test_a_refused_name_names_the_settings_but_not_what_dns_said():
             UrlPolicy().check_address("images.internal", ipaddress.ip_address(address))
         messages.add(str(refusal.value))
     [message] = messages  # one message, whatever the name resolved to
-    assert message.startswith("host 'images.internal' does not resolve to a public address (refused by policy)")
+    assert message.startswith(
+        "host 'images.internal' does not resolve to a public address (refused by policy)"
+    )
     assert "URL_ALLOWLIST" in message and "ALLOW_PRIVATE_URLS=true" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_text(value: object) -> str:
-    return getattr(value, "value", value) if value is not None else "unset"
+    return str(getattr(value, "value", value)) if value is not None else "unset"
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     try:
-        configs = model_configs(settings)
+        configs = model_configs(settings.server, settings.model)
     except RepositoryError as exc:
         sys.stderr.write(f"invalid model repository: {exc}\n")
         raise SystemExit(2) from None
@@ -75,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         from app.embedding.preflight import StartupError, check_model_settings
 
         try:
-            check_model_settings(settings)
+            check_model_settings(settings.model)
         except StartupError as exc:
             sys.stderr.write(f"invalid settings: {exc}\n")
             raise SystemExit(2) from None
-    common = dict(
+    common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -61,7 +61,7 @@ def read_items(source: Path, column: str | None = None) -> list[Item]:
     if suffix == ".csv":
         with source.open(newline="") as handle:
             reader = csv.DictReader(handle)
-            name = column or reader.fieldnames[0]
+            name = column or (reader.fieldnames or [""])[0]
             values = [row[name] for row in reader]
     elif suffix == ".parquet":
         import pyarrow.parquet as pq

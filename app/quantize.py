@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.embedding.loader import resolve_source
     from app.embedding.openvino_export import build_export, local_folder
-    from app.settings import Settings
+    from app.settings.model import ModelSettings
 
     fields = dict(
         model_id=args.model,
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache:
         fields["model_cache_dir"] = args.cache
     try:
-        settings = Settings(**fields)
+        settings = ModelSettings(**fields)
     except ValidationError as exc:
         parser.error("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     source = resolve_source(settings)
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     fidelity = info.fidelity
+    assert fidelity is not None  # build_export measured it: QUANTIZE=int8
     print(
         f"held-out calibration images ({fidelity['images']}), {info.default_pooling} pooling, against "
         f"float32: min cosine {fidelity['min_cosine']:.5f}, mean cosine {fidelity['mean_cosine']:.5f}, "

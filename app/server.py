@@ -22,15 +22,16 @@ from app.images.decode import set_pillow_pixel_limit
 from app.images.fetch import ImageFetcher, Resolver, system_resolver
 from app.images.url_policy import UrlPolicy
 from app.inference.budgets import ByteBudget
-from app.inference.model_configs import model_configs
+from app.inference.model_configs import ModelConfig, model_configs
 from app.inference.model_thread import ModelHost
 from app.inference.preparation import ImagePreparer
 from app.inference.registry import ModelRegistry
-from app.inference.served_model import ServedModel
+from app.inference.served_model import ServedModel, ServingLimits
 from app.logs import configure_logging
 from app.metrics import ServiceMetrics
 from app.protocol.schema import InferRequest
 from app.settings import Settings
+from app.settings.server import ServerSettings
 from app.shutdown import SHUTDOWN_GRACE_S
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,17 @@ def create_app(
     """The app; `resolver` turns image URL hosts into addresses (tests pass their own);
     `model_host` decides which thread runs the model (default: a thread of its own; several
     models always get a thread each). Raises RepositoryError for a bad MODEL_REPOSITORY."""
+    configs = model_configs(settings.server, settings.model)
+    return build_app(settings.server, configs, resolver, model_host)
+
+
+def build_app(
+    settings: ServerSettings,
+    configs: list[ModelConfig],
+    resolver: Resolver = system_resolver,
+    model_host: ModelHost | None = None,
+) -> FastAPI:
+    """The app serving `configs` under the server's settings."""
     set_pillow_pixel_limit(settings.max_image_pixels)
     fetcher = ImageFetcher(
         settings.fetch_timeout_s,
@@ -53,12 +65,14 @@ def create_app(
     metrics = ServiceMetrics()
     # One decoding pool and pixel budget for every model: the memory bound is the process's.
     preparer = ImagePreparer(settings, fetcher)
-    configs = model_configs(settings)
     if len(configs) > 1:
         model_host = None  # one thread each: the main thread runs one model loop at a time
+    limits = ServingLimits.from_settings(settings)
     registry = ModelRegistry(
         [
-            ServedModel(c.settings, preparer, metrics, model_host, load_at_startup=c.load_at_startup)
+            ServedModel(
+                c.settings, preparer, metrics, model_host, load_at_startup=c.load_at_startup, limits=limits
+            )
             for c in configs
         ],
         max_loaded=settings.max_loaded_models,
@@ -155,4 +169,4 @@ def _document_infer_request(app: FastAPI, registry: ModelRegistry) -> None:
                             parameter.setdefault("schema", {})["example"] = served
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

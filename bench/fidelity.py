@@ -39,7 +39,7 @@ def settings_for(config: str, base: dict, calibration_dir: Path | None) -> dict:
 
 
 def embed_all(settings_fields: dict, images) -> np.ndarray:
-    from app.embedding.backend import load_backend
+    from app.embedding.selection import load_backend
     from app.settings import Settings
 
     backend = load_backend(Settings(**settings_fields))

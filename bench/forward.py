@@ -1,5 +1,5 @@
 """Raw forward throughput in-process: eager fp32 transformers (what a user gets alone) and
-the exact configuration the server runs (its Embedder, dtype, layout, compilation and, with
+the exact configuration the server runs (its TorchBackend, dtype, layout, compilation and, with
 several workers, that many processes running at once on their share of the cores)."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def configured_in_workers(
 
 
 def _worker_rates(settings_fields: dict, barrier, batches: tuple[int, ...], seconds: float, results) -> None:
-    from app.embedding.backend import load_backend
+    from app.embedding.selection import load_backend
     from app.settings import Settings
 
     embedder = load_backend(Settings(**settings_fields))  # compiles and warms up

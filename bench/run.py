@@ -194,7 +194,7 @@ EAGER_BATCHES = (1, 8, 16, 32)
 def measure_forward(args, folder: Path) -> dict:
     import torch
 
-    from app.embedding.backend import load_backend
+    from app.embedding.selection import load_backend
     from app.settings import Settings
 
     seconds = max(2.0, args.seconds / 2)

@@ -63,7 +63,8 @@ def prepare_model(cache: Path) -> Path:
 
 
 def raw_text_forward(folder: Path, batches=(1, 8, 16, 32), seconds: float = 3.0) -> dict[int, float]:
-    from app.embedding.backend import TEXT, PoolRequest, load_backend
+    from app.embedding.backend import TEXT, PoolRequest
+    from app.embedding.selection import load_backend
     from app.settings import Settings
 
     backend = load_backend(

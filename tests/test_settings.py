@@ -11,7 +11,8 @@ import pytest
 
 from app.__main__ import load_settings
 from app.embedding.pooling import PoolingStrategy
-from app.settings import DTypeSetting, Settings
+from app.settings import Settings
+from app.settings.model import DTypeSetting
 
 ROOT = Path(__file__).resolve().parents[1]
 

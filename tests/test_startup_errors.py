@@ -179,9 +179,9 @@ def test_a_repository_model_with_a_bad_setting_is_marked_and_the_others_serve(
 def test_int8_that_loses_a_neighbour_is_refused_with_the_figures(tiny_models, tmp_path):
     """An int8 model whose held-out check lost a nearest neighbour (recorded in its cached
     export, as a real calibration set did on MobileNetV2: 22/24) is not served."""
-    from app.embedding.backend import load_backend
     from app.embedding.file_digest import folder_manifest
     from app.embedding.openvino_export import EXPORT_INFO, MANIFEST
+    from app.embedding.selection import load_backend
     from bench.photos import write_calibration_dir
     from tests.support import server_settings
 

@@ -1,11 +1,13 @@
 """The runtime backend interface: what the serving side (batcher, served model) needs from
 whatever runs the model. Images cross the seam as numpy float32 arrays [n, 3, H, W] and
 embeddings come back as numpy float32 rows, so the serving side imports no runtime (no
-torch here either); `Embedder` (app/embedding/embedder.py) is the torch implementation."""
+torch here either). This module imports no backend: `TorchBackend` (torch_backend.py) and
+`OpenVinoBackend` (openvino_backend.py) implement it, and selection.py picks one. A third
+runtime is a class that fits `RuntimeBackend` (mypy checks it, see selection.py) and one
+branch in selection.py."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,7 +16,6 @@ from PIL import Image
 
 from app.embedding.fidelity import l2_normalised
 from app.embedding.pooling import PoolingStrategy
-from app.settings import Settings
 
 IMAGE, TEXT = "image", "text"
 
@@ -44,23 +45,41 @@ class ImagePreprocessor(Protocol):
     """One decoded RGB image -> the model's input [3, H, W] float32. Runs in the decoding
     threads, so it must not start a runtime's own thread pool."""
 
-    fast: bool
-    draft_min_side: int | None  # decode JPEGs at a reduced scale down to this side, or None
+    # Read-only properties: a class attribute or an instance attribute fits either.
+    @property
+    def fast(self) -> bool: ...
+
+    @property
+    def draft_min_side(self) -> int | None:
+        """Decode JPEGs at a reduced scale down to this side, or None."""
 
     def __call__(self, image: Image.Image) -> np.ndarray: ...
 
 
 class RuntimeBackend(Protocol):
-    model_id: str
-    model_type: str
-    embedding_dim: int
-    max_batch_size: int
-    preprocessor: ImagePreprocessor
-    # IMAGE, and TEXT for a model with a text tower (CLIP, SigLIP full models).
-    modalities: tuple[str, ...]
-    # Batches the backend runs at once: 1 (torch, on the model thread) or more (OpenVINO's
-    # infer requests; embed_batch is then called from that many threads).
-    concurrent_batches: int
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def model_type(self) -> str: ...
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    @property
+    def preprocessor(self) -> ImagePreprocessor: ...
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """IMAGE, and TEXT for a model with a text tower (CLIP, SigLIP full models)."""
+
+    @property
+    def concurrent_batches(self) -> int:
+        """Batches the backend runs at once: 1 (torch, on the model thread) or more
+        (OpenVINO's infer requests; embed_batch is then called from that many threads)."""
 
     @property
     def supported_poolings(self) -> tuple[PoolingStrategy, ...]: ...
@@ -119,26 +138,3 @@ def embed_images(
         pieces.append(rows)
         timings.append(timing)
     return np.concatenate(pieces, axis=0), timings
-
-
-# One load at a time in a process: transformers imports its model classes lazily, and two
-# threads importing at once can find a module half-initialised ("cannot import name
-# 'AutoModel'"), which failed one model of a repository loading several at start-up.
-_ONE_LOAD_AT_A_TIME = threading.Lock()
-
-
-def load_backend(settings: Settings) -> RuntimeBackend:
-    """The backend the settings ask for, loaded and warmed up. The runtime is imported
-    here, not at module level: the serving side stays importable without it."""
-    from app.embedding.preflight import check_model_settings
-    from app.settings import RuntimeSetting
-
-    with _ONE_LOAD_AT_A_TIME:
-        check_model_settings(settings)  # a setting that cannot work fails in one line, before loading
-        if settings.runtime == RuntimeSetting.OPENVINO:
-            from app.embedding.openvino_backend import OpenVinoBackend
-
-            return OpenVinoBackend.from_settings(settings)
-        from app.embedding.embedder import Embedder
-
-        return Embedder.from_settings(settings)

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from app.settings import DTypeSetting
+from app.settings.model import DTypeSetting
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """How the forward pass runs: dtype, channels_last, torch.compile with bucketed batch
-sizes, intra-op threads. Each option measured in bench/ and documented in README.md."""
+sizes, intra-op threads. Each option measured in bench/ and documented in docs/runtimes.md."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ class ExecutionOptions:
         return next((b for b in self.buckets if b >= batch), batch)
 
 
-def configure_threads(torch_threads: int, workers: int) -> int:
-    """Intra-op threads: the setting, else this process's share of the cores."""
-    threads = torch_threads or max(1, usable_cpus() // max(1, workers))
+def configure_threads(torch_threads: int) -> int:
+    """Intra-op threads: the setting (app/settings resolves 0 to this process's share of the
+    cores), else every usable core."""
+    threads = torch_threads or usable_cpus()
     torch.set_num_threads(threads)
     return threads
 
@@ -47,7 +48,7 @@ def configure_threads(torch_threads: int, workers: int) -> int:
 def prepare_model(model: torch.nn.Module, options: ExecutionOptions):
     """The callable that runs the forward pass under these options."""
     if options.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs omit it
     if not options.compile:
         return model
     if options.device.type == "cpu":

@@ -14,7 +14,7 @@ from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
 from app.embedding.families import FamilyAdapter, adapter_for
 from app.embedding.model_folder import find_model_folder
 from app.embedding.text_tower import TEXT_FAMILIES, TextTower, load_tokenizer
-from app.settings import Settings
+from app.settings.model import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class LoadedModel:
     text: TextTower | None = None  # a full CLIP/SigLIP folder with its tokenizer
 
 
-def resolve_source(settings: Settings) -> ModelSource:
+def resolve_source(settings: ModelSettings) -> ModelSource:
     mounted = find_model_folder(settings.model_dir)
     if mounted is not None:
         return ModelSource(str(mounted), settings.model_id or mounted.name, f"MODEL_DIR {mounted}")
@@ -58,7 +58,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
     text = None
     # One load, two towers: a full CLIP/SigLIP folder with a tokenizer serves text too.
     tokenizer = load_tokenizer(source.location) if config.model_type in TEXT_FAMILIES else None
-    if tokenizer is not None:
+    if tokenizer is not None and adapter is not None:
         model, text = adapter.load_with_text(source.location, config, tokenizer, **kwargs)
     elif adapter is not None:
         model = adapter.load(source.location, config, **kwargs)

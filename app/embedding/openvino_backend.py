@@ -20,7 +20,7 @@ from app.embedding.loader import resolve_source
 from app.embedding.openvino_export import ExportInfo, ensure_export
 from app.embedding.pooling import PoolingStrategy, check_supported
 from app.errors import BadRequest
-from app.settings import DTypeSetting, QuantizeSetting, Settings
+from app.settings.model import DTypeSetting, ModelSettings, QuantizeSetting
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ PLATFORM = "openvino"
 class OpenVinoBackend:
     modalities = (IMAGE,)  # the exported graph is the image tower only
 
-    def __init__(self, folder, info: ExportInfo, settings: Settings):
+    def __init__(self, folder, info: ExportInfo, settings: ModelSettings):
         import openvino as ov
         from transformers import AutoImageProcessor
 
@@ -48,7 +48,7 @@ class OpenVinoBackend:
         )
         # float32 unless asked for bf16: OpenVINO would pick bf16 by itself on CPUs that have it.
         self.inference_precision = "bf16" if settings.dtype == DTypeSetting.BFLOAT16 else "f32"
-        self.threads = settings.torch_threads or max(1, usable_cpus() // settings.workers)
+        self.threads = settings.torch_threads or usable_cpus()
         core = ov.Core()
         self.compiled = core.compile_model(
             core.read_model(folder / "model.xml"),
@@ -66,7 +66,7 @@ class OpenVinoBackend:
             self._requests.put(self.compiled.create_infer_request())
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OpenVinoBackend:
+    def from_settings(cls, settings: ModelSettings) -> OpenVinoBackend:
         started = time.perf_counter()
         source = resolve_source(settings)
         folder, info = ensure_export(settings, source)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from app.embedding.file_digest import folder_digest, folder_manifest, manifest_mismatch
 from app.embedding.loader import ModelSource
-from app.settings import QuantizeSetting, Settings
+from app.settings.model import ModelSettings, QuantizeSetting
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def local_folder(source: ModelSource) -> Path:
     return Path(snapshot_download(source.location, allow_patterns=_WEIGHT_PATTERNS))
 
 
-def ensure_export(settings: Settings, source: ModelSource) -> tuple[Path, ExportInfo]:
+def ensure_export(settings: ModelSettings, source: ModelSource) -> tuple[Path, ExportInfo]:
     """The export folder for these settings: given as the model, cached, or built now."""
     folder = local_folder(source)
     if is_export(folder):  # an export folder given as the model: checked, never rebuilt
@@ -128,7 +128,7 @@ def discard(folder: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def export_key(folder: Path, settings: Settings) -> str:
+def export_key(folder: Path, settings: ModelSettings) -> str:
     import openvino
     from transformers import AutoConfig
 
@@ -149,14 +149,14 @@ def export_key(folder: Path, settings: Settings) -> str:
         nncf = import_nncf()
         material |= {
             "nncf": nncf.__version__,
-            "calibration": folder_digest(settings.calibration_dir),
+            "calibration": folder_digest(_calibration_dir(settings)),
             "max_cosine_drop": settings.quantize_max_cosine_drop,
             "fast_preprocessing": settings.fast_preprocessing,
         }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> ExportInfo:
+def build_export(folder: Path, model_id: str, settings: ModelSettings, out: Path) -> ExportInfo:
     """Convert (and, for int8, quantize) the model in `folder` into the export folder `out`."""
     import openvino as ov
 
@@ -183,7 +183,7 @@ def build_export(folder: Path, model_id: str, settings: Settings, out: Path) -> 
     return info
 
 
-def _convert(folder: Path, model_id: str, settings: Settings):
+def _convert(folder: Path, model_id: str, settings: ModelSettings):
     """(ov.Model, ExportInfo, the model's image preprocessor)."""
     import openvino as ov
     import torch
@@ -224,11 +224,11 @@ def _convert(folder: Path, model_id: str, settings: Settings):
     return model, info, preprocessor
 
 
-def _quantize(model, info: ExportInfo, preprocessor, settings: Settings):
+def _quantize(model, info: ExportInfo, preprocessor, settings: ModelSettings):
     from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES
     from app.embedding.quantization import calibration_pixels, quantize_int8
 
-    pixels = calibration_pixels(settings.calibration_dir, preprocessor)
+    pixels = calibration_pixels(_calibration_dir(settings), preprocessor)
     transformer = info.family != "feature_map" and info.model_type not in CONVOLUTIONAL_MODEL_TYPES
     started = time.perf_counter()
     quantized, fidelity = quantize_int8(
@@ -248,3 +248,9 @@ def _quantize(model, info: ExportInfo, preprocessor, settings: Settings):
     )
     info = replace(info, precision="int8", fidelity=fidelity.as_dict())
     return quantized, info
+
+
+def _calibration_dir(settings: ModelSettings) -> Path:
+    if settings.calibration_dir is None:  # ModelSettings requires it with QUANTIZE=int8
+        raise ValueError("QUANTIZE=int8 needs CALIBRATION_DIR")
+    return settings.calibration_dir

@@ -12,9 +12,12 @@ from pathlib import Path
 from app.embedding.file_digest import folder_files
 from app.embedding.model_folder import find_model_folder
 from app.installed import is_installed
-from app.settings import QuantizeSetting, RuntimeSetting, Settings
+from app.settings.model import ModelSettings, QuantizeSetting, RuntimeSetting
 
-MODELS_WITHOUT_THE_HUB = "README.md, 'Models without the hub'"
+# Calibration needs at least this many images: three quarters calibrate, a quarter checks.
+MIN_CALIBRATION_IMAGES = 8
+
+MODELS_WITHOUT_THE_HUB = "docs/models.md, 'Models without the hub'"
 
 
 NNCF_MISSING = (
@@ -27,7 +30,7 @@ class StartupError(ValueError):
     """A setting that cannot work; the message names it and the way forward."""
 
 
-def check_model_settings(settings: Settings) -> None:
+def check_model_settings(settings: ModelSettings) -> None:
     folder = _check_source(settings)
     _check_device_and_dtype(settings)
     if folder is not None and settings.pooling_strategy is not None:
@@ -48,7 +51,7 @@ def hub_offline() -> bool:
     )
 
 
-def _check_source(settings: Settings) -> Path | None:
+def _check_source(settings: ModelSettings) -> Path | None:
     """The model's local folder when it has one (None: the hub, or the embedded default)."""
     mounted = find_model_folder(settings.model_dir)
     if mounted is not None:
@@ -88,7 +91,7 @@ def _in_hub_cache(model_id: str) -> bool:
         return False
 
 
-def _check_device_and_dtype(settings: Settings) -> None:
+def _check_device_and_dtype(settings: ModelSettings) -> None:
     if settings.runtime == RuntimeSetting.OPENVINO:
         return  # CPU only, and the settings already refuse float16 with it
     from app.embedding.device import resolve_device, resolve_dtype
@@ -103,7 +106,7 @@ def _check_device_and_dtype(settings: Settings) -> None:
         raise StartupError(str(exc)) from None
 
 
-def _check_pooling(settings: Settings, folder: Path) -> None:
+def _check_pooling(settings: ModelSettings, folder: Path) -> None:
     from transformers import AutoConfig
 
     from app.embedding.families import adapter_for
@@ -111,13 +114,14 @@ def _check_pooling(settings: Settings, folder: Path) -> None:
     adapter = adapter_for(AutoConfig.from_pretrained(folder))
     if adapter is None:
         return  # another family: its poolings are known once a forward pass has run
-    if settings.pooling_strategy not in adapter.supported:
-        supported = ", ".join(p.value for p in adapter.supported)
-        raise StartupError(
-            f"POOLING_STRATEGY={settings.pooling_strategy.value}: {adapter.name} models support "
-            f"{supported}; set one of those, or unset it for the family's default "
-            f"({adapter.default.value})"
-        )
+    if settings.pooling_strategy is None or settings.pooling_strategy in adapter.supported:
+        return
+    supported = ", ".join(p.value for p in adapter.supported)
+    raise StartupError(
+        f"POOLING_STRATEGY={settings.pooling_strategy.value}: {adapter.name} models support "
+        f"{supported}; set one of those, or unset it for the family's default "
+        f"({adapter.default.value})"
+    )
 
 
 def import_nncf():
@@ -129,12 +133,11 @@ def import_nncf():
     return nncf
 
 
-def _check_int8(settings: Settings) -> None:
-    from app.embedding.quantization import MIN_CALIBRATION_IMAGES
-
+def _check_int8(settings: ModelSettings) -> None:
     if not is_installed("nncf"):
         raise StartupError(NNCF_MISSING)
     folder = settings.calibration_dir
+    assert folder is not None  # ModelSettings requires it with QUANTIZE=int8
     files = folder_files(folder)  # the readable images among them are counted again when loading
     if len(files) < MIN_CALIBRATION_IMAGES:
         raise StartupError(

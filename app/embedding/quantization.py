@@ -2,7 +2,7 @@
 from calibration.
 
 What it took on the real MobileNetV2 (min cosine to float32 on 32 photos held out from
-calibration; README, "OpenVINO, float32 and int8"): NNCF's defaults 0.971; full bias
+calibration; docs/runtimes.md, "OpenVINO, float32 and int8"): NNCF's defaults 0.971; full bias
 correction 0.978; the stem and head (first and last 10% of the weighted layers) kept in
 float 0.991; then NNCF's accuracy-controlled quantization, reverting layers to float, most
 harmful first, until the held-out quarter's minimum cosine is within
@@ -22,11 +22,11 @@ from PIL import Image, ImageOps
 
 from app.embedding.fidelity import compare, l2_normalised
 from app.embedding.file_digest import folder_files
+from app.embedding.preflight import MIN_CALIBRATION_IMAGES, StartupError, import_nncf
 from app.images.decode import SUPPORTED_FORMATS, to_rgb
 
 log = logging.getLogger(__name__)
 
-MIN_CALIBRATION_IMAGES = 8
 HELD_OUT_EVERY = 4  # every 4th image (sorted by name) checks the result instead of calibrating
 KEPT_IN_FLOAT = 0.1  # the first and last 10% of the weighted layers stay in float
 
@@ -65,8 +65,6 @@ def quantize_int8(model, pixels: list[np.ndarray], output: str, transformer: boo
     """(int8 ov.Model, Fidelity on the held-out images). `pixels`: one preprocessed
     [3, H, W] image each; `output`: the pooled output the check compares."""
     import openvino as ov
-
-    from app.embedding.preflight import import_nncf
 
     nncf = import_nncf()
 
@@ -119,7 +117,6 @@ def check_fidelity_gate(fidelity: dict, max_cosine_drop: float, min_neighbours_k
     """An int8 model is served only when a search over its embeddings would find what
     float32's finds: every held-out image (or the share asked for) keeps its nearest
     neighbour, and the minimum cosine to float32 is within the allowed drop."""
-    from app.embedding.preflight import StartupError
 
     images, kept, min_cosine = fidelity["images"], fidelity["neighbours_kept"], fidelity["min_cosine"]
     needed = math.ceil(min_neighbours_kept * images - 1e-9)

@@ -12,7 +12,7 @@ from app.grpc_api.receive import inflating_deserializer
 from app.grpc_api.servicer import InferenceServicer
 from app.grpc_api.v2 import grpc_service_pb2 as pb
 from app.metrics import ServiceMetrics
-from app.settings import Settings
+from app.settings.server import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def start_grpc_server(settings: Settings, plane: DataPlane, metrics: ServiceMetrics) -> grpc.aio.Server:
+async def start_grpc_server(
+    settings: ServerSettings, plane: DataPlane, metrics: ServiceMetrics
+) -> grpc.aio.Server:
     """Listening on GRPC_PORT when it returns; raises when the port cannot be bound."""
     server = grpc.aio.server(
         options=[

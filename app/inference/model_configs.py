@@ -14,7 +14,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app.embedding.model_folder import find_model_folder
-from app.settings import Settings
+from app.settings import with_cpu_share
+from app.settings.model import ModelSettings
+from app.settings.server import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +54,28 @@ class RepositoryError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    settings: Settings  # the server's settings with the model's own on top
+    settings: ModelSettings
     load_at_startup: bool = True
 
 
-def model_configs(settings: Settings) -> list[ModelConfig]:
-    if settings.model_repository is None:
-        return [ModelConfig(settings.served_model_name, settings)]
+def model_configs(server: ServerSettings, model: ModelSettings) -> list[ModelConfig]:
+    """MODEL_ID's one model (`model`), or a model per MODEL_REPOSITORY folder, each with the
+    environment's model settings (`model`) and its serving.json on top."""
+    if server.model_repository is None:
+        return [ModelConfig(model.served_model_name, model)]
     configs = []
-    for folder in sorted(settings.model_repository.iterdir()):
+    for folder in sorted(server.model_repository.iterdir()):
         if not folder.is_dir() or folder.name.startswith(".") or folder.name == "lost+found":
             continue
-        config = _folder_config(folder, settings)
+        config = _folder_config(folder, model, server.workers)
         if config is not None:
             configs.append(config)
     if not configs:
-        raise RepositoryError(f"MODEL_REPOSITORY {settings.model_repository} holds no model folder")
+        raise RepositoryError(f"MODEL_REPOSITORY {server.model_repository} holds no model folder")
     return configs
 
 
-def _folder_config(folder: Path, server: Settings) -> ModelConfig | None:
+def _folder_config(folder: Path, defaults: ModelSettings, workers: int) -> ModelConfig | None:
     if not _NAME.match(folder.name):
         log.warning(
             "model repository: skipping %r: a model name is letters, digits, '.', '_', '-'", folder.name
@@ -86,14 +90,13 @@ def _folder_config(folder: Path, server: Settings) -> ModelConfig | None:
             "model repository: skipping %s: no config.json and no model_id in %s", folder, SETTINGS_FILE
         )
         return None
-    values = server.model_dump()
+    values = defaults.model_dump()
     # The folder is the model's MODEL_DIR: its files (or its one model sub-folder) come first.
-    # Every value is passed, None included, so that none comes from the environment instead
-    # (MODEL_REPOSITORY is set there).
-    values.update(model_repository=None, model_id=None, model_dir=folder, model_name=folder.name)
+    # Every value is passed, None included, so that none comes from the environment instead.
+    values.update(model_id=None, model_dir=folder, model_name=folder.name)
     values.update(own)
     try:
-        settings = Settings(**values)
+        settings = with_cpu_share(ModelSettings(**values), workers)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()

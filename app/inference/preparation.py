@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -19,14 +20,14 @@ from app.images.fetch import ImageFetcher
 from app.images.sources import ImageSource, SourceKind, classify, decode_base64, decode_data_uri
 from app.inference.budgets import WeightedSemaphore
 from app.inference.decode_threads import decode_executor
-from app.settings import Settings
+from app.settings.server import ServerSettings
 
 # Errors name the V2 input the elements came from.
 IMAGE_INPUT = "image"
 
 
 class ImagePreparer:
-    def __init__(self, settings: Settings, fetcher: ImageFetcher):
+    def __init__(self, settings: ServerSettings, fetcher: ImageFetcher):
         self.settings = settings
         self.fetcher = fetcher
         self._threads = decode_executor()
@@ -38,7 +39,7 @@ class ImagePreparer:
     async def _in_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
 
-    async def prepare(self, elements: list[str | bytes], preprocessor) -> np.ndarray:
+    async def prepare(self, elements: Sequence[str | bytes], preprocessor) -> np.ndarray:
         """All elements concurrently, within the request's fetch budget; the first failure
         (by element index) fails the request and cancels the rest."""
         budget = self.settings.fetch_total_timeout_s
@@ -71,7 +72,7 @@ class ImagePreparer:
             if source.kind is SourceKind.URL:
                 waiting.fetching += 1
                 try:
-                    data = await self.fetcher.fetch(source.value)
+                    data = await self.fetcher.fetch(source.text)
                 finally:
                     waiting.fetching -= 1
                 image = await self._in_thread(self._open, data, preprocessor)
@@ -112,11 +113,11 @@ class ImagePreparer:
                 f"image is about {len(source.value) * 3 // 4} bytes, over the {limit}-byte limit"
             )
         if source.kind is SourceKind.DATA_URI:
-            data = decode_data_uri(source.value)
+            data = decode_data_uri(source.text)
         elif source.kind is SourceKind.BASE64:
-            data = decode_base64(source.value)
+            data = decode_base64(source.text)
         else:
-            data = source.value
+            data = source.data
         if len(data) > self.settings.max_image_bytes:
             raise ImageError(
                 f"image is {len(data)} bytes, over the {self.settings.max_image_bytes}-byte limit"

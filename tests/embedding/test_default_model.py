@@ -6,8 +6,8 @@ import torch
 import transformers as tf
 
 from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
-from app.embedding.embedder import Embedder
 from app.embedding.loader import resolve_source
+from app.embedding.torch_backend import TorchBackend
 from app.settings import Settings
 from tests.support import photo
 
@@ -36,7 +36,7 @@ def test_no_model_id_serves_the_default_model(default_model_cache, tmp_path):
     source = resolve_source(settings)
     assert source.model_id == DEFAULT_MODEL_ID
     assert settings.served_model_name == "mobilenet-v2"
-    embedder = Embedder.from_settings(settings)
+    embedder = TorchBackend.from_settings(settings)
     assert embedder.model_type == "mobilenet_v2" and embedder.embedding_dim == 1280
 
 

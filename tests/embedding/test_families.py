@@ -7,8 +7,8 @@ import torch
 import transformers as tf
 from PIL import Image
 
-from app.embedding.embedder import Embedder
 from app.embedding.pooling import PoolingStrategy
+from app.embedding.torch_backend import TorchBackend
 from app.errors import UnsupportedPooling
 from app.settings import Settings
 from tests.support import photo
@@ -83,14 +83,14 @@ def images():
     return [cat, photo("coffee"), cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((90, 60))]
 
 
-def load(path, tmp_path_factory, **overrides) -> Embedder:
+def load(path, tmp_path_factory, **overrides) -> TorchBackend:
     # The transformers processor, so that only pooling differs from the reference
     # (the fast path has its own fidelity tests).
     overrides.setdefault("fast_preprocessing", False)
     settings = Settings(
         model_id=str(path), model_dir=tmp_path_factory.mktemp("empty"), device="cpu", **overrides
     )
-    return Embedder.from_settings(settings)
+    return TorchBackend.from_settings(settings)
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED_DEFAULTS))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.embedding.backend import load_backend
 from app.embedding.fidelity import compare
 from app.embedding.openvino_backend import OpenVinoBackend
+from app.embedding.selection import load_backend
 from app.settings import Settings
 from tests.support import photo
 from tests.tiny_models import FAMILIES
@@ -280,7 +280,7 @@ def test_int8_on_the_real_model_and_the_neighbour_gate(default_model_cache, tmp_
     base = dict(model_cache_dir=default_model_cache, model_dir="/nonexistent", device="cpu", max_batch_size=8)
     reference = embed_all(base, photos)
     fidelity = compare(reference, embed_all(dict(base, model_id=str(out), runtime="openvino"), photos))
-    # Measured on the 32 evaluation photos: min cosine 0.99x, every neighbour kept (README, "int8").
+    # Measured on the 32 evaluation photos: min cosine 0.99x, every neighbour kept (docs/runtimes.md, "int8").
     assert fidelity.neighbours_kept == fidelity.images == 32
     assert fidelity.min_cosine >= 0.99
 

@@ -8,9 +8,9 @@ import torch
 import transformers as tf
 from PIL import Image
 
-from app.embedding.embedder import Embedder
 from app.embedding.pooling import PoolingStrategy
 from app.embedding.preprocess import make_preprocessor
+from app.embedding.torch_backend import TorchBackend
 from app.images.decode import decode_image
 from app.settings import Settings
 from tests.support import encode, photo
@@ -49,7 +49,7 @@ def mobilenets(default_model_cache):
     """The real MobileNetV2 with the processor and with the fast path."""
 
     def load(fast):
-        return Embedder.from_settings(
+        return TorchBackend.from_settings(
             Settings(
                 model_cache_dir=default_model_cache,
                 model_dir="/nonexistent",

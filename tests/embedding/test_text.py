@@ -8,7 +8,8 @@ import pytest
 import torch
 import transformers as tf
 
-from app.embedding.backend import TEXT, PoolRequest, load_backend
+from app.embedding.backend import TEXT, PoolRequest
+from app.embedding.selection import load_backend
 from app.errors import BadRequest
 from app.settings import Settings
 from tests.support import photo

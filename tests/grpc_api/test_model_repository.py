@@ -245,17 +245,21 @@ def test_max_loaded_models_unloads_the_least_recently_used(tiny_models, tmp_path
         assert index(server)["b"][0] == "UNAVAILABLE"
 
 
+def configs_of(settings):
+    return model_configs(settings.server, settings.model)
+
+
 def test_repository_settings_files_are_checked_at_start_up(tiny_models, tmp_path):
     repository = make_repository(tmp_path / "repo", tiny_models, {"m": ("vit", {"pooling": "mean"})})
     with pytest.raises(RepositoryError, match=r"unknown setting\(s\) pooling; a model may set"):
-        model_configs(server_settings(None, tmp_path, model_repository=repository))
+        configs_of(server_settings(None, tmp_path, model_repository=repository))
     (repository / "m" / "serving.json").write_text('{"pooling_strategy": "median"}')
     with pytest.raises(RepositoryError, match="pooling_strategy"):
-        model_configs(server_settings(None, tmp_path, model_repository=repository))
+        configs_of(server_settings(None, tmp_path, model_repository=repository))
     (repository / "m" / "serving.json").write_text('{"max_batch_size": 3, "load_at_startup": false}')
     (repository / ".cache").mkdir()
     (repository / "no-model").mkdir()
-    [config] = model_configs(server_settings(None, tmp_path, model_repository=repository))
+    [config] = configs_of(server_settings(None, tmp_path, model_repository=repository))
     assert (config.name, config.settings.max_batch_size, config.load_at_startup) == ("m", 3, False)
     with pytest.raises(ValueError, match="not both"):
         server_settings(tiny_models["vit"], tmp_path, model_repository=repository)
@@ -268,8 +272,9 @@ def test_repository_from_the_environment_with_a_hub_id_in_serving_json(tiny_mode
     (repository / "hub").mkdir()
     (repository / "hub" / "serving.json").write_text('{"model_id": "org/some-model"}')
     monkeypatch.setenv("MODEL_REPOSITORY", str(repository))
-    configs = {c.name: c.settings for c in model_configs(server_settings(None, tmp_path))}
-    assert configs["hub"].model_id == "org/some-model" and configs["hub"].model_repository is None
+    configs = {c.name: c.settings for c in configs_of(server_settings(None, tmp_path))}
+    assert configs["hub"].model_id == "org/some-model"
+    assert "model_repository" not in type(configs["hub"]).model_fields  # a model setting no more
     assert configs["m"].model_dir == repository / "m"
 
 

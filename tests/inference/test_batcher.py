@@ -13,8 +13,8 @@ import torch
 
 from app.cpus import usable_cpus
 from app.embedding.backend import ExecutionTiming, PoolRequest
-from app.embedding.embedder import is_out_of_memory
 from app.embedding.pooling import PoolingStrategy
+from app.embedding.torch_backend import is_out_of_memory
 from app.inference.batcher import DynamicBatcher
 from tests.support import data_uri, embeddings_of, encode, image_request, photo, run_server, server_settings
 

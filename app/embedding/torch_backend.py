@@ -20,9 +20,9 @@ from app.embedding.loader import LoadedModel, load_model, resolve_source
 from app.embedding.openvino_export import is_export
 from app.embedding.pooling import PoolingStrategy, check_supported
 from app.embedding.preprocess import make_preprocessor, probe_image
-from app.embedding.text_tower import TokenizedTexts
+from app.embedding.text_tower import TextTower, TokenizedTexts
 from app.errors import BadRequest
-from app.settings import Settings
+from app.settings.model import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "pytorch_transformers"
 
 
-class Embedder:
+class TorchBackend:
     concurrent_batches = 1  # every forward on the one model thread (see model_thread.py)
 
     def __init__(self, loaded: LoadedModel, options: ExecutionOptions, fast_preprocessing: bool = True):
@@ -53,10 +53,10 @@ class Embedder:
         self.embedding_dim = int(self.adapter.pool(outputs, self.adapter.default).shape[-1])
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Embedder:
+    def from_settings(cls, settings: ModelSettings) -> TorchBackend:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        threads = configure_threads(settings.torch_threads, settings.workers)
+        threads = configure_threads(settings.torch_threads)
         source = resolve_source(settings)
         if is_export(Path(source.location)):
             raise ValueError(f"{source.location} is an OpenVINO export: serve it with RUNTIME=openvino")
@@ -110,15 +110,18 @@ class Embedder:
             self.text.embed(torch.from_numpy(tokens).to(self.device))
 
     def check_text(self) -> None:
+        self._text_tower()
+
+    def _text_tower(self) -> TextTower:
         if self.text is None:
             raise BadRequest(
                 f"model {self.model_id} ({self.model_type}) has no text tower: text embeddings need "
                 "a full CLIP or SigLIP model folder with its tokenizer"
             )
+        return self.text
 
     def tokenize(self, texts: list[str]) -> TokenizedTexts:
-        self.check_text()
-        return self.text.tokenize(texts)
+        return self._text_tower().tokenize(texts)
 
     def describe(self) -> dict[str, str]:
         return {
@@ -175,16 +178,16 @@ class Embedder:
         results = split_rows([pooled[r.strategy] for r in requests], requests)
         return results, ExecutionTiming(batch, t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
-    def _embed_texts(self, tokens: np.ndarray, requests: list[PoolRequest]):
+    def _embed_texts(self, tokens: np.ndarray | torch.Tensor, requests: list[PoolRequest]):
         t0 = time.perf_counter_ns()
-        tokens = torch.from_numpy(tokens).to(self.device)
+        on_device = torch.as_tensor(tokens).to(self.device)  # no copy on the CPU
         t1 = time.perf_counter_ns()
-        features = self.text.embed(tokens)
+        features = self._text_tower().embed(on_device)
         t2 = time.perf_counter_ns()
         with torch.inference_mode():
-            features = features.float().cpu().numpy()
-        results = split_rows([features] * len(requests), requests)
-        return results, ExecutionTiming(tokens.shape[0], t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+            rows = features.float().cpu().numpy()
+        results = split_rows([rows] * len(requests), requests)
+        return results, ExecutionTiming(on_device.shape[0], t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
     def embed(
         self, images: list[Image.Image], strategy: PoolingStrategy, normalize: bool

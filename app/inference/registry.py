@@ -60,15 +60,13 @@ class ModelRegistry:
                 self.max_loaded,
             )
             for model in startup[self.max_loaded :]:
-                model.load_at_startup, model.loads_on_demand = False, True
+                model.defer_to_first_request()
             startup = startup[: self.max_loaded]
         loads = [model.start_loading() for model in startup]
-        return asyncio.create_task(self._finish_start(startup, loads))
+        return asyncio.create_task(self._finish_start(loads))
 
-    async def _finish_start(self, startup: list[ServedModel], loads: list[asyncio.Task]) -> None:
+    async def _finish_start(self, loads: list[asyncio.Task]) -> None:
         await asyncio.gather(*loads)
-        for model in startup:
-            model.startup_failed = model.load_error is not None
         self.started = True
 
     async def load(self, name: str) -> ServedModel:
@@ -87,24 +85,18 @@ class ModelRegistry:
     def check_can_serve(self, model: ServedModel) -> None:
         """Before a request's body is read: the 503 now when the model cannot serve it, and
         will not by loading on demand."""
-        if not self._loads_on_demand(model):
+        if not model.loads_on_demand:
             model.require_ready()
-
-    @staticmethod
-    def _loads_on_demand(model: ServedModel) -> bool:
-        if model.loaded or model.load_error is not None:
-            return False
-        return model.loading_on_demand if model.loading else model.loads_on_demand
 
     async def acquire(self, model: ServedModel, deadline_s: float | None):
         """The model's backend, ready: a model unloaded when idle or to make room is loaded
         again within the request's deadline; otherwise the 503 that says why not."""
-        if self._loads_on_demand(model):
+        if model.loads_on_demand:
             load = (
                 asyncio.shield(model.start_loading()) if model.loading else self._load(model, on_demand=True)
             )
             try:
-                await asyncio.wait_for(load, deadline_s or model.settings.request_timeout_s)
+                await asyncio.wait_for(load, deadline_s or model.limits.request_timeout_s)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"model '{model.name}' did not load within the request's timeout"
@@ -171,7 +163,7 @@ class ModelRegistry:
         return all(
             model.draining
             and model.in_flight == 0
-            and model.admitted_images == 0
+            and model.admitted_inputs == 0
             and now - model.last_refused_draining >= seconds
             for model in self
         )
@@ -197,7 +189,7 @@ class ModelRegistry:
                 model.load_at_startup
                 and not model.loaded
                 and not failed_at_start
-                and not self._loads_on_demand(model)
+                and not model.loads_on_demand
             ):
                 return False
         return True

@@ -11,22 +11,25 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.embedding.backend import TEXT, PoolRequest, RuntimeBackend, load_backend
+from app.embedding.backend import TEXT, PoolRequest, RuntimeBackend
 from app.embedding.pooling import PoolingStrategy
 from app.embedding.preflight import StartupError
+from app.embedding.selection import load_backend
 from app.errors import BadRequest, ModelNotFound, Overloaded, ServiceError, ServiceUnavailable
 from app.inference.batcher import DynamicBatcher, WorkerDied
+from app.inference.lifecycle import Lifecycle, Phase
 from app.inference.model_thread import ModelHost, OwnThread, run_in_passing_thread
 from app.inference.preparation import ImagePreparer
 from app.inference.stats import ModelStatistics
 from app.metrics import ServiceMetrics
-from app.settings import Settings
+from app.settings.model import ModelSettings
+from app.settings.server import ServerSettings
 
 if TYPE_CHECKING:
     from app.embedding.text_tower import TokenizedTexts
@@ -39,6 +42,25 @@ SUPERVISE_EVERY_S = 0.5
 
 class DeadlineExceeded(ServiceError):
     status_code = 504
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """The server's limits that every model applies to its requests."""
+
+    request_timeout_s: float = 60.0
+    max_images: int = 64
+    max_texts: int = 64
+    max_queued_inputs: int = 256  # images and texts admitted and not yet answered
+
+    @classmethod
+    def from_settings(cls, server: ServerSettings) -> ServingLimits:
+        return cls(
+            server.request_timeout_s,
+            server.max_images_per_request,
+            server.max_texts_per_request,
+            server.max_queue_images,
+        )
 
 
 @dataclass(frozen=True)
@@ -66,39 +88,31 @@ class ServedModel:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ModelSettings,
         preparer: ImagePreparer,
         metrics: ServiceMetrics | None = None,
         model_host: ModelHost | None = None,
-        loader: Callable[[Settings], RuntimeBackend] = load_backend,
+        loader: Callable[[ModelSettings], RuntimeBackend] = load_backend,
         load_at_startup: bool = True,
+        limits: ServingLimits | None = None,
     ):
         self.settings = settings
+        self.limits = limits or ServingLimits()
         self.name = settings.served_model_name
         self.version = MODEL_VERSION
         self.preparer = preparer
         self.metrics = metrics or ServiceMetrics()
         self.model_host = model_host or OwnThread()
         self.loader = loader
-        self.load_at_startup = load_at_startup
+        self.lifecycle = Lifecycle(load_at_startup)
         self.backend: RuntimeBackend | None = None
         self.batcher: DynamicBatcher | None = None
-        self.load_error: str | None = None
-        self.settings_error: str | None = None  # the preflight's line, for the repository index
-        self.startup_failed = False  # the start-up load failed: the server is dead (registry)
-        self.draining = False
         self.last_refused_draining = 0.0  # when the drain began or last refused a request
         self.stats = ModelStatistics(self.name, MODEL_VERSION)
-        self.admitted_images = 0  # admitted and not yet answered: the backpressure bound
+        self.admitted_inputs = 0  # images and texts admitted and not yet answered: the backpressure bound
         self.in_flight = 0  # requests between model lookup and answer: an unload waits for them
         self.last_used = time.monotonic()
-        # Why the model is not loaded, and whether a request may load it again by itself
-        # (unloaded when idle, or to make room) or must wait for a repository load.
-        self.unloaded_reason = "not loaded yet"
-        self.loads_on_demand = not load_at_startup
         self._loading: asyncio.Task | None = None
-        self.loading_on_demand = False
-        self._unloading = False
         self._unload_task: asyncio.Task | None = None
         self._preparing = 0  # requests fetching or decoding: the batcher waits for them
         self._supervisor: asyncio.Task | None = None
@@ -106,29 +120,67 @@ class ServedModel:
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    # The lifecycle's answers, for the registry and the data plane (which never change it).
+
+    @property
+    def load_at_startup(self) -> bool:
+        return self.lifecycle.load_at_startup
+
+    @property
+    def loading(self) -> bool:
+        return self.lifecycle.loading
+
+    @property
+    def loaded(self) -> bool:
+        return self.lifecycle.loaded_now
+
+    @property
+    def unloading(self) -> bool:
+        return self.lifecycle.phase is Phase.UNLOADING
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    @property
+    def loads_on_demand(self) -> bool:
+        return self.lifecycle.loads_on_demand
+
+    @property
+    def load_error(self) -> str | None:
+        return self.lifecycle.load_error
+
+    @property
+    def broken(self) -> bool:
+        return self.lifecycle.broken
+
+    def state(self) -> tuple[str, str]:
+        """The repository index's state and reason (Triton's names)."""
+        return self.lifecycle.triton_state()
+
+    def defer_to_first_request(self) -> None:
+        """Not loaded at start-up after all (MAX_LOADED_MODELS): its first request loads it."""
+        self.lifecycle.defer_to_first_request()
+
     def start_loading(self, on_demand: bool = False) -> asyncio.Task:
         """The load in progress, or a new one: concurrent callers share it. A load asked for
         during an unload starts once the unload has finished."""
         if self._loading is None or self._loading.done():
-            self.loading_on_demand = on_demand
-            self._loading = asyncio.create_task(self._load_after_unload())
+            self._begin_load_if_unloaded(on_demand)
+            self._loading = asyncio.create_task(self._load_after_unload(on_demand))
         return self._loading
 
-    async def _load_after_unload(self) -> None:
+    async def _load_after_unload(self, on_demand: bool) -> None:
         if self._unload_task is not None and not self._unload_task.done():
             await asyncio.shield(self._unload_task)
-        if self.backend is None:
+            self._begin_load_if_unloaded(on_demand)
+        if self.lifecycle.phase is Phase.LOADING:
             await self._load()
 
-    @property
-    def loading(self) -> bool:
-        if self._loading is None:  # a start-up model is loading from the server's first moment
-            return self.load_at_startup and self.load_error is None
-        return not self._loading.done()
-
-    @property
-    def loaded(self) -> bool:
-        return self.backend is not None
+    def _begin_load_if_unloaded(self, on_demand: bool) -> None:
+        # Loaded already (a concurrent load won) or unloading (the load waits): nothing yet.
+        if self.lifecycle.may_begin_load:
+            self.lifecycle.begin_load(on_demand)
 
     async def _load(self) -> None:
         started = time.perf_counter()
@@ -140,12 +192,12 @@ class ServedModel:
             # The details (paths, repo ids) go to the log only; clients are told to look there.
             # One line: transformers' messages run over several.
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.load_error = f"{type(exc).__name__}: {first_line}"
             # A setting that cannot work is the operator's to fix: the index says which.
-            self.settings_error = str(exc) if isinstance(exc, StartupError) else None
+            self.lifecycle.failed(
+                f"{type(exc).__name__}: {first_line}", str(exc) if isinstance(exc, StartupError) else None
+            )
             log.error("model '%s' failed to load: %s: %s", self.name, type(exc).__name__, exc)
             return
-        self.load_error = self.settings_error = None
         self.metrics.load_seconds.labels(self.name).set(time.perf_counter() - started)
         runtime = backend.describe()
         self._info_labels = (
@@ -157,23 +209,24 @@ class ServedModel:
         )
         self.metrics.model.labels(*self._info_labels).set(1)
         self.backend = backend
-        self.batcher = self._start_batcher()
-        self._supervisor = asyncio.create_task(self._supervise())
+        self.batcher = self._start_batcher(backend)
+        self._supervisor = asyncio.create_task(self._supervise(backend))
         self.last_used = time.monotonic()
+        self.lifecycle.loaded()
         log.info("model '%s' loaded in %.1f s", self.name, time.perf_counter() - started)
 
-    def _start_batcher(self) -> DynamicBatcher:
+    def _start_batcher(self, backend: RuntimeBackend) -> DynamicBatcher:
         # The batcher's thread runs the model, or hands up to concurrent_batches batches to
         # threads of its own (a backend with several infer requests).
         batcher = DynamicBatcher(
-            self.backend.embed_batch,
+            backend.embed_batch,
             max_batch=self.settings.max_batch_size,
-            concurrency=self.backend.concurrent_batches,
+            concurrency=backend.concurrent_batches,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             more_expected=lambda: self._preparing > 0,
             on_execution=self._record_execution,
-            on_thread_start=self.backend.adopt_thread,
-            is_out_of_memory=self.backend.is_out_of_memory,
+            on_thread_start=backend.adopt_thread,
+            is_out_of_memory=backend.is_out_of_memory,
         )
         self.model_host.host(batcher)
         return batcher
@@ -184,7 +237,7 @@ class ServedModel:
             self.name, timing.batch_size, timing.compute_infer_ns + timing.compute_output_ns, queue_ns
         )
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, backend: RuntimeBackend) -> None:
         """Restart the inference worker if its thread dies; unready until it runs again."""
         while True:
             await asyncio.sleep(SUPERVISE_EVERY_S)
@@ -193,16 +246,12 @@ class ServedModel:
                     WorkerDied("the inference worker stopped; retry the request")
                 )
                 log.error("inference worker died (%d queued requests failed): restarting it", failed)
-                self.batcher = self._start_batcher()
+                self.batcher = self._start_batcher(backend)
 
     @property
     def idle(self) -> bool:
         """Loaded and serving no request: it can be unloaded without failing one."""
-        return self.loaded and not self._unloading and self.in_flight == 0 and self.admitted_images == 0
-
-    @property
-    def unloading(self) -> bool:
-        return self._unloading
+        return self.lifecycle.phase is Phase.READY and self.in_flight == 0 and self.admitted_inputs == 0
 
     async def unload(self, reason: str, loads_on_demand: bool) -> None:
         """Refuse new requests (503), let admitted ones finish, then free the model. The
@@ -211,28 +260,29 @@ class ServedModel:
         model that looks loaded with no worker."""
         if self._loading is not None and not self._loading.done():
             await asyncio.shield(self._loading)
-        if self.loaded and (self._unload_task is None or self._unload_task.done()):
-            self._unloading = True  # from now on: refused requests, an unready model
+        if self.lifecycle.phase is Phase.READY:
+            self.lifecycle.begin_unload()  # from now on: refused requests, an unready model
             self._unload_task = asyncio.create_task(self._unload(reason, loads_on_demand))
         if self._unload_task is not None and not self._unload_task.done():
             await asyncio.shield(self._unload_task)
-        if not self.loaded:  # the last caller's reason stands (an API unload after an LRU one)
-            self.unloaded_reason, self.loads_on_demand = reason, loads_on_demand
+        if self.lifecycle.phase is Phase.UNLOADED:  # the last caller's reason stands (API after LRU)
+            self.lifecycle.unloaded(reason, loads_on_demand)
 
     async def _unload(self, reason: str, loads_on_demand: bool) -> None:
         try:
-            deadline = time.monotonic() + self.settings.request_timeout_s
-            while (self.in_flight or self.admitted_images) and time.monotonic() < deadline:
+            deadline = time.monotonic() + self.limits.request_timeout_s
+            while (self.in_flight or self.admitted_inputs) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             await self._stop_worker()
             self.metrics.model.remove(*self._info_labels)
             self.backend = None
-            self.unloaded_reason, self.loads_on_demand = reason, loads_on_demand
+            self.lifecycle.unloaded(reason, loads_on_demand)
             # The weights go now, not at the next collection: the next load needs the memory.
             await asyncio.to_thread(gc.collect)
             log.info("model '%s' unloaded: %s", self.name, reason)
         finally:
-            self._unloading = False
+            if self.lifecycle.phase is Phase.UNLOADING:  # it failed halfway: still loaded
+                self.lifecycle.unload_failed()
 
     async def _stop_worker(self) -> None:
         if self._supervisor is not None:
@@ -247,9 +297,9 @@ class ServedModel:
     def start_draining(self) -> None:
         """SIGTERM: readiness turns false and new requests get 503; in-flight ones finish."""
         if not self.draining:
-            log.info("draining: refusing new requests, finishing %d admitted images", self.admitted_images)
+            log.info("draining: refusing new requests, finishing %d admitted inputs", self.admitted_inputs)
             self.last_refused_draining = time.monotonic()
-        self.draining = True
+        self.lifecycle.start_draining()
 
     async def close(self) -> None:
         if self._loading is not None:
@@ -259,30 +309,11 @@ class ServedModel:
     @property
     def ready(self) -> bool:
         return (
-            self.backend is not None
+            self.lifecycle.phase is Phase.READY
             and self.batcher is not None
             and self.batcher.alive
             and not self.draining
-            and not self._unloading
         )
-
-    @property
-    def broken(self) -> bool:
-        return self.startup_failed and not self.loaded
-
-    def state(self) -> tuple[str, str]:
-        """The repository index's state and reason (Triton's names)."""
-        if self.loading:
-            return "LOADING", "loading"
-        if self._unloading:
-            return "UNLOADING", "unloading"
-        if self.loaded:
-            return "READY", ""
-        if self.settings_error:
-            return "UNAVAILABLE", f"failed to load: {self.settings_error}"
-        if self.load_error:
-            return "UNAVAILABLE", "failed to load; see the server log"
-        return "UNAVAILABLE", self.unloaded_reason
 
     def check_version(self, version: str | None) -> None:
         if version is not None and version != self.version:
@@ -292,12 +323,13 @@ class ServedModel:
 
     def require_loaded(self) -> RuntimeBackend:
         if self.backend is None:
-            if self.loading:
+            phase = self.lifecycle.phase
+            if phase is Phase.LOADING:
                 raise Overloaded(f"model '{self.name}' is loading; retry shortly")
-            if self.load_error:
+            if phase is Phase.FAILED:
                 raise ServiceUnavailable(f"model '{self.name}' failed to load; see the server log")
             raise ServiceUnavailable(
-                f"model '{self.name}' is not loaded ({self.unloaded_reason}); load it with "
+                f"model '{self.name}' is not loaded ({self.lifecycle.reason}); load it with "
                 f"POST /v2/repository/models/{self.name}/load"
             )
         return self.backend
@@ -307,7 +339,7 @@ class ServedModel:
         if self.draining:
             self.last_refused_draining = time.monotonic()  # still routed here: keep draining
             raise ServiceUnavailable("server is shutting down; send the request to another replica")
-        if self._unloading:
+        if self.unloading:
             raise ServiceUnavailable(f"model '{self.name}' is unloading")
         if not self.ready:
             raise ServiceUnavailable("inference worker is restarting; retry the request")
@@ -332,8 +364,8 @@ class ServedModel:
             poolings=tuple(backend.supported_poolings),
             default_pooling=self.default_pooling,
             normalize_default=self.settings.normalize_embeddings,
-            max_images=self.settings.max_images_per_request,
-            max_texts=self.settings.max_texts_per_request,
+            max_images=self.limits.max_images,
+            max_texts=self.limits.max_texts,
             modalities=tuple(backend.modalities),
             runtime=backend.describe(),
         )
@@ -358,7 +390,7 @@ class ServedModel:
 
     async def embed(
         self,
-        images: list[str | bytes],
+        images: Sequence[str | bytes],
         pooling: PoolingStrategy | None = None,
         normalize: bool | None = None,
         deadline_s: float | None = None,
@@ -398,14 +430,14 @@ class ServedModel:
 
     async def _admitted(self, count: int, deadline_s: float | None, work, counter):
         """Run `work` (a coroutine) as `count` admitted inputs, within the deadline."""
-        if self.admitted_images + count > self.settings.max_queue_images:
+        if self.admitted_inputs + count > self.limits.max_queued_inputs:
             work.close()
             raise Overloaded(
-                f"server is at capacity ({self.admitted_images} inputs waiting, limit "
-                f"{self.settings.max_queue_images}); retry shortly"
+                f"server is at capacity ({self.admitted_inputs} inputs waiting, limit "
+                f"{self.limits.max_queued_inputs}); retry shortly"
             )
-        deadline_s = deadline_s or self.settings.request_timeout_s
-        self.admitted_images += count
+        deadline_s = deadline_s or self.limits.request_timeout_s
+        self.admitted_inputs += count
         self._waiting.inc(count)
         try:
             # A request whose deadline passes while it waits is cancelled: its queued work
@@ -416,13 +448,17 @@ class ServedModel:
                 f"request did not finish within its timeout of {deadline_s * 1000:g} ms"
             ) from None
         finally:
-            self.admitted_images -= count
+            self.admitted_inputs -= count
             self._waiting.dec(count)
         counter.labels(self.name).inc(count)
         return result
 
     async def _embed_images(
-        self, backend: RuntimeBackend, images: list, pooling: PoolingStrategy | None, normalize: bool | None
+        self,
+        backend: RuntimeBackend,
+        images: Sequence[str | bytes],
+        pooling: PoolingStrategy | None,
+        normalize: bool | None,
     ) -> np.ndarray:
         pooling = pooling or self.default_pooling
         backend.check_pooling(pooling)  # before any download

@@ -1,9 +1,10 @@
 """The data plane: what every transport (V2 REST, V2 gRPC, the OpenAI route) calls once it
-has parsed a request, in the shape of kserve's `dataplane.py`. It owns the model registry
-and the request-bytes budget, finds the model (404), loads it on demand or says why it
-cannot serve (503), runs the request within its deadline and returns domain results;
-errors are the domain errors of app.errors, which each transport maps once to its own
-status codes. No HTTP and no gRPC here."""
+has parsed a request, one entry per operation (`infer`, `embed`, `load`, ...), in the shape
+of kserve's `dataplane.py`. It owns the model registry and the request-bytes budget, finds
+the model (404), loads it on demand or says why it cannot serve (503), runs the request
+within its deadline and returns domain results; errors are the domain errors of
+app.errors, which each transport maps once to its own status codes. No HTTP and no gRPC
+here."""
 
 from __future__ import annotations
 
@@ -11,22 +12,19 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app import __version__
-from app.embedding.pooling import PoolingStrategy
-from app.errors import BadRequest, Forbidden, Unauthorized
+from app.embedding.backend import IMAGE, TEXT
+from app.errors import BadRequest, Forbidden, InvalidField, PayloadTooLarge, Unauthorized
+from app.images.sources import is_image_source
 from app.inference.budgets import ByteBudget
 from app.inference.registry import ModelRegistry
 from app.inference.served_model import ServedModel
 from app.protocol.codec import RequestLimits, model_metadata
-from app.protocol.spec import EmbedRequestSpec
-from app.settings import ModelControlMode, Settings
-
-if TYPE_CHECKING:
-    from app.embedding.text_tower import TokenizedTexts
+from app.protocol.spec import EmbedRequestSpec, check_text_length
+from app.settings.server import ModelControlMode, ServerSettings
 
 SERVER_NAME = "image-embed-server"
 # Only what really works: binary tensor data on REST requests and answers, statistics, and
@@ -48,8 +46,15 @@ class InferOutcome:
     parameters: dict | None  # the answer's own parameters (texts_truncated)
 
 
+@dataclass
+class EmbedOutcome:
+    model_name: str
+    embeddings: np.ndarray  # [N, D] float32
+    input_tokens: int  # the tokens of the texts embedded (0 for images)
+
+
 class DataPlane:
-    def __init__(self, settings: Settings, models: ModelRegistry, body_budget: ByteBudget):
+    def __init__(self, settings: ServerSettings, models: ModelRegistry, body_budget: ByteBudget):
         self.settings = settings
         self.models = models
         self.body_budget = body_budget
@@ -71,9 +76,6 @@ class DataPlane:
     def server_metadata() -> dict:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
-    def model(self, name: str, version: str | None = None) -> ServedModel:
-        return self.models.get(name, version)
-
     def model_ready(self, name: str, version: str | None = None) -> bool:
         return self.models.get(name, version).ready
 
@@ -93,54 +95,59 @@ class DataPlane:
         unknown or unready model costs no parsing); `deadline_s` is the transport's own deadline (a
         gRPC deadline), the request's `timeout` parameter may shorten it."""
         model = self.models.get(name, version)
-        self.check_can_serve(model)
+        self.models.check_can_serve(model)  # 503 now, before the body is read
         with model.counting_request():
             spec = await decode(self.limits)
             if spec.timeout_us:
                 deadline_s = min(spec.timeout_us / 1e6, deadline_s or float("inf"))
+            remaining = await self._ready(model, deadline_s)
             if spec.texts:
-                embeddings, tokenized = await self.embed_texts(
-                    model, spec.texts, spec.pooling, spec.normalize, deadline_s
+                embeddings, tokenized = await model.embed_texts(
+                    spec.texts, spec.pooling, spec.normalize, remaining
                 )
                 parameters = {"texts_truncated": tokenized.truncated}
             else:
-                embeddings = await self.embed_images(
-                    model, spec.images, spec.pooling, spec.normalize, deadline_s
-                )
+                embeddings = await model.embed(spec.images, spec.pooling, spec.normalize, remaining)
                 parameters = None
             return InferOutcome(model.name, model.model_id, spec, embeddings, parameters)
 
-    def check_can_serve(self, model: ServedModel) -> None:
-        """Before a request's body is read: 503 now when the model cannot serve it (and will
-        not by loading on demand)."""
-        self.models.check_can_serve(model)
+    async def embed(
+        self, name: str, inputs: list[str], modality: str | None = None, dimensions: int | None = None
+    ) -> EmbedOutcome:
+        """An embeddings API call (OpenAI's): texts, or images as URLs, data URIs or base64,
+        each with the model's own pooling, L2-normalised. `modality` defaults to text for a
+        model with a text tower, else image; `dimensions` must be the model's own size."""
+        model = self.models.get(name)
+        self.models.check_can_serve(model)  # 503 now, before the body is read
+        with model.counting_request():
+            await self._ready(model, None)
+            backend = model.require_ready()
+            chosen = modality or (TEXT if TEXT in backend.modalities else IMAGE)
+            if modality is None and chosen == IMAGE and not all(map(is_image_source, inputs)):
+                backend.check_text()  # input that is not an image is text: say this model has no text tower
+            self._check_inputs(inputs, chosen)
+            if dimensions is not None and dimensions != backend.embedding_dim:
+                raise InvalidField(
+                    f"model '{model.name}' gives {backend.embedding_dim}-dimensional embeddings and cannot "
+                    f"shorten them: omit dimensions or send {backend.embedding_dim}",
+                    "dimensions",
+                )
+            if chosen == TEXT:
+                vectors, tokenized = await model.embed_texts(inputs, None, normalize=True)
+                return EmbedOutcome(model.name, vectors, sum(tokenized.token_counts))
+            return EmbedOutcome(model.name, await model.embed(inputs, None, normalize=True), 0)
 
-    async def ready_backend(self, model: ServedModel, deadline_s: float | None = None):
-        """The model's runtime backend once it can serve (after an on-demand load)."""
-        return await self.models.acquire(model, deadline_s)
-
-    async def embed_images(
-        self,
-        model: ServedModel,
-        images: list,
-        pooling: PoolingStrategy | None,
-        normalize: bool | None,
-        deadline_s: float | None = None,
-    ) -> np.ndarray:
-        remaining = await self._ready(model, deadline_s)
-        return await model.embed(images, pooling, normalize, remaining)
-
-    async def embed_texts(
-        self,
-        model: ServedModel,
-        texts: list[str],
-        pooling: PoolingStrategy | None,
-        normalize: bool | None,
-        deadline_s: float | None = None,
-    ) -> tuple[np.ndarray, TokenizedTexts]:
-        """Text embeddings, and how the texts were tokenized (truncations, token counts)."""
-        remaining = await self._ready(model, deadline_s)
-        return await model.embed_texts(texts, pooling, normalize, remaining)
+    def _check_inputs(self, inputs: list[str], modality: str) -> None:
+        if not inputs:
+            raise InvalidField("input is empty: send a string or a non-empty list of strings", "input")
+        sizes = self.limits.sizes
+        limit = sizes.max_texts if modality == TEXT else sizes.max_images
+        if len(inputs) > limit:
+            what = "texts (MAX_TEXTS_PER_REQUEST)" if modality == TEXT else "images (MAX_IMAGES_PER_REQUEST)"
+            raise PayloadTooLarge(f"input has {len(inputs)} items, over the limit of {limit} {what}")
+        if modality == TEXT:
+            for index, text in enumerate(inputs):
+                check_text_length(text, sizes.max_text_chars, f"input[{index}]")
 
     async def _ready(self, model: ServedModel, deadline_s: float | None) -> float | None:
         """Wait for the model (an on-demand reload counts against the deadline); the rest

@@ -27,6 +27,15 @@ class InputError(BadRequest):
         self.reason = reason
 
 
+class InvalidField(BadRequest):
+    """A request field with a value this server cannot honour: `field` names it (OpenAI's
+    `param`)."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
 class ImageError(BadRequest):
     """An image that cannot be fetched or decoded; wrapped in InputError with its index."""
 

@@ -3,6 +3,8 @@ thin adapter: the V2 codec decodes, the data plane runs it, the codec encodes.""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -21,7 +23,7 @@ router = APIRouter(tags=["models"])
 
 MODEL = "/v2/models/{model_name}"
 VERSIONED = "/v2/models/{model_name}/versions/{model_version}"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 413, 503)}
 
 INFER_OPENAPI = {
     "requestBody": {

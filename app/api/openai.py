@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -19,14 +19,12 @@ from app.api.body import PARSE_ON_LOOP_BYTES, read_body
 from app.api.dependencies import get_plane
 from app.api.responses import JSONBytesResponse
 from app.dataplane import DataPlane
-from app.embedding.backend import IMAGE, TEXT
-from app.errors import PayloadTooLarge, ServiceError, release_frames
-from app.images.sources import is_image_source
+from app.errors import ServiceError, release_frames
 from app.inference.budgets import Reservation
 from app.protocol.codec import RequestLimits
 from app.protocol.encoding import decode_content, is_encoded
 from app.protocol.request import check_value_count
-from app.protocol.spec import check_text_length, max_json_values
+from app.protocol.spec import max_json_values
 
 router = APIRouter(tags=["openai"])
 
@@ -101,6 +99,22 @@ def error_response(error: OpenAIError) -> JSONBytesResponse:
     return JSONBytesResponse(body, status_code=error.status_code, headers=error.headers)
 
 
+_ROUTE: dict[str, Any] = dict(
+    responses={
+        200: {"model": EmbeddingsResponse},
+        **{code: {"model": OpenAIErrorResponse} for code in (400, 404, 413, 503, 504)},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EmbeddingsRequest.model_json_schema()}},
+        }
+    },
+)
+
+
+@router.post("/v1/embeddings", **_ROUTE)
+@router.post("/openai/v1/embeddings", **_ROUTE)  # KServe's path for the same call
 async def embeddings(request: Request, plane: DataPlane = Depends(get_plane)):
     """Embed texts (a model with a text tower) or images, answered in OpenAI's shape."""
     try:
@@ -111,65 +125,33 @@ async def embeddings(request: Request, plane: DataPlane = Depends(get_plane)):
     except ServiceError as exc:
         release_frames(exc)
         return error_response(
-            OpenAIError(exc.status_code, exc.message, headers=getattr(exc, "headers", None))
+            OpenAIError(
+                exc.status_code,
+                exc.message,
+                param=getattr(exc, "field", None),
+                headers=getattr(exc, "headers", None),
+            )
         )
-
-
-for path in ("/v1/embeddings", "/openai/v1/embeddings"):
-    router.add_api_route(
-        path,
-        embeddings,
-        methods=["POST"],
-        responses={
-            200: {"model": EmbeddingsResponse},
-            **{code: {"model": OpenAIErrorResponse} for code in (400, 404, 413, 503, 504)},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": EmbeddingsRequest.model_json_schema()}},
-            }
-        },
-    )
 
 
 async def _embeddings(request: Request, plane: DataPlane) -> JSONBytesResponse:
     reservation = Reservation(plane.body_budget)
-    limits = plane.limits
     try:
-        body = await read_body(request, limits.max_request_bytes, reservation)
-        parsed = await _parse(body, request.headers.get("content-encoding"), limits)
-        model = plane.model(parsed.model)
-        plane.check_can_serve(model)
-        with model.counting_request():
-            backend = await plane.ready_backend(model)
-            modality = parsed.modality or (TEXT if TEXT in backend.modalities else IMAGE)
-            items = [parsed.input] if isinstance(parsed.input, str) else parsed.input
-            if parsed.modality is None and modality == IMAGE and not all(map(is_image_source, items)):
-                backend.check_text()  # input that is not an image is text: say this model has no text tower
-            _check_items(items, modality, limits)
-            if parsed.dimensions is not None and parsed.dimensions != backend.embedding_dim:
-                raise OpenAIError(
-                    400,
-                    f"model '{model.name}' gives {backend.embedding_dim}-dimensional embeddings and cannot "
-                    f"shorten them: omit dimensions or send {backend.embedding_dim}",
-                    "dimensions",
-                )
-            if modality == TEXT:
-                vectors, tokenized = await plane.embed_texts(model, items, None, normalize=True)
-                tokens = sum(tokenized.token_counts)
-            else:
-                vectors, tokens = await plane.embed_images(model, items, None, normalize=True), 0
+        body = await read_body(request, plane.limits.max_request_bytes, reservation)
+        parsed = await _parse(body, request.headers.get("content-encoding"), plane.limits)
+        inputs = [parsed.input] if isinstance(parsed.input, str) else parsed.input
+        outcome = await plane.embed(parsed.model, inputs, parsed.modality, parsed.dimensions)
     finally:
         reservation.release()
+    tokens = outcome.input_tokens
     return JSONBytesResponse(
         {
             "object": "list",
             "data": [
                 {"object": "embedding", "index": i, "embedding": _encode(row, parsed.encoding_format)}
-                for i, row in enumerate(vectors)
+                for i, row in enumerate(outcome.embeddings)
             ],
-            "model": model.name,
+            "model": outcome.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
@@ -199,18 +181,6 @@ async def _parse(body: bytes, encoding: str | None, limits: RequestLimits) -> Em
     if len(body) <= PARSE_ON_LOOP_BYTES and not is_encoded(encoding):
         return parse()
     return await asyncio.to_thread(parse)
-
-
-def _check_items(items: list[str], modality: str, limits: RequestLimits) -> None:
-    if not items:
-        raise OpenAIError(400, "input is empty: send a string or a non-empty list of strings", "input")
-    limit = limits.max_texts if modality == TEXT else limits.max_images
-    if len(items) > limit:
-        what = "texts (MAX_TEXTS_PER_REQUEST)" if modality == TEXT else "images (MAX_IMAGES_PER_REQUEST)"
-        raise PayloadTooLarge(f"input has {len(items)} items, over the limit of {limit} {what}")
-    if modality == TEXT:
-        for index, text in enumerate(items):
-            check_text_length(text, limits.max_text_chars, f"input[{index}]")
 
 
 def _encode(row: np.ndarray, encoding_format: str):

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class WorkerDied(ServiceUnavailable):
 
 @dataclass
 class WorkItem:
-    pixels: np.ndarray  # the inputs: [n, 3, H, W] float32 images, or text tokens (PoolRequest)
+    inputs: np.ndarray  # [n, 3, H, W] float32 images, or text tokens (PoolRequest)
     request: PoolRequest
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -47,7 +48,7 @@ class WorkItem:
 
     @property
     def count(self) -> int:
-        return self.pixels.shape[0]
+        return self.inputs.shape[0]
 
 
 RunBatch = Callable[[np.ndarray, list[PoolRequest]], tuple[list[np.ndarray], ExecutionTiming]]
@@ -81,7 +82,7 @@ class DynamicBatcher:
             else None
         )
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._carried: collections.deque[WorkItem] = collections.deque()  # model thread only
+        self._carried: collections.deque[Any] = collections.deque()  # WorkItems, or _STOP; model thread only
         self._running = threading.Event()
         self._finished = threading.Event()
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # recent forward passes
@@ -114,12 +115,12 @@ class DynamicBatcher:
     def alive(self) -> bool:
         return self._running.is_set()
 
-    async def submit(self, pixels: np.ndarray, request: PoolRequest) -> np.ndarray:
+    async def submit(self, inputs: np.ndarray, request: PoolRequest) -> np.ndarray:
         """The request's [n, D] embeddings; large requests are split into max_batch chunks."""
         loop = asyncio.get_running_loop()
         futures = []
-        for start in range(0, pixels.shape[0], self.max_batch):
-            chunk = pixels[start : start + self.max_batch]
+        for start in range(0, inputs.shape[0], self.max_batch):
+            chunk = inputs[start : start + self.max_batch]
             future = loop.create_future()
             self._queue.put(WorkItem(chunk, replace(request, count=chunk.shape[0]), future, loop))
             futures.append(future)
@@ -158,7 +159,7 @@ class DynamicBatcher:
                 continue
             if (
                 size + item.count > self.max_batch
-                or item.pixels.shape[1:] != first.pixels.shape[1:]
+                or item.inputs.shape[1:] != first.inputs.shape[1:]
                 or item.request.modality != first.request.modality
             ):
                 self._carried.appendleft(item)  # first in the next batch
@@ -216,16 +217,16 @@ class DynamicBatcher:
 
     def _execute(self, batch: list[WorkItem]) -> None:
         started = time.perf_counter_ns()
-        pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([item.pixels for item in batch])
+        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([item.inputs for item in batch])
         try:
             results = self._run(
-                pixels, [item.request for item in batch], [started - i.enqueued_ns for i in batch]
+                inputs, [item.request for item in batch], [started - i.enqueued_ns for i in batch]
             )
         except Exception as exc:  # noqa: BLE001
             if len(batch) == 1:
                 item = batch[0]
                 try:
-                    _resolve(item, result=self._split_after(exc, item.pixels, item.request))
+                    _resolve(item, result=self._split_after(exc, item.inputs, item.request))
                 except Exception as final:  # noqa: BLE001
                     _resolve(item, exception=final)
                 return
@@ -233,7 +234,7 @@ class DynamicBatcher:
             for item in batch:
                 try:
                     _resolve(
-                        item, result=self._run_alone(item.pixels, item.request, started - item.enqueued_ns)
+                        item, result=self._run_alone(item.inputs, item.request, started - item.enqueued_ns)
                     )
                 except Exception as final:  # noqa: BLE001
                     _resolve(item, exception=final)
@@ -241,28 +242,28 @@ class DynamicBatcher:
         for item, result in zip(batch, results, strict=True):
             _resolve(item, result=result)
 
-    def _run(self, pixels: np.ndarray, requests: list[PoolRequest], queue_ns: list[int]) -> list[np.ndarray]:
-        results, timing = self.run_batch(pixels, requests)
+    def _run(self, inputs: np.ndarray, requests: list[PoolRequest], queue_ns: list[int]) -> list[np.ndarray]:
+        results, timing = self.run_batch(inputs, requests)
         self.batch_sizes.append(timing.batch_size)
         if self.on_execution is not None:
             self.on_execution(timing, queue_ns)
         return results
 
-    def _run_alone(self, pixels: np.ndarray, request: PoolRequest, queue_ns: int) -> np.ndarray:
+    def _run_alone(self, inputs: np.ndarray, request: PoolRequest, queue_ns: int) -> np.ndarray:
         try:
-            return self._run(pixels, [request], [queue_ns])[0]
+            return self._run(inputs, [request], [queue_ns])[0]
         except Exception as exc:  # noqa: BLE001
-            return self._split_after(exc, pixels, request)
+            return self._split_after(exc, inputs, request)
 
-    def _split_after(self, exc: Exception, pixels: np.ndarray, request: PoolRequest) -> np.ndarray:
+    def _split_after(self, exc: Exception, inputs: np.ndarray, request: PoolRequest) -> np.ndarray:
         """After `exc` on these images: out of memory is retried in halves, the rest raised."""
-        if not self.is_out_of_memory(exc) or pixels.shape[0] == 1:
+        if not self.is_out_of_memory(exc) or inputs.shape[0] == 1:
             raise exc
-        log.warning("out of memory on %d images: retrying in halves", pixels.shape[0])
-        half = pixels.shape[0] // 2
+        log.warning("out of memory on %d inputs: retrying in halves", inputs.shape[0])
+        half = inputs.shape[0] // 2
         parts = [
             self._run_alone(part, replace(request, count=part.shape[0]), 0)
-            for part in (pixels[:half], pixels[half:])
+            for part in (inputs[:half], inputs[half:])
         ]
         return np.concatenate(parts)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from app.protocol.encoding import decode_content
 from app.protocol.request import parse_infer_body
-from app.protocol.response import build_response
+from app.protocol.response import encode_response
 from app.protocol.spec import (
     FLAG_INPUTS,
     IMAGE_INPUT,
@@ -26,33 +26,26 @@ from app.protocol.spec import (
 
 if TYPE_CHECKING:
     from app.inference.served_model import ModelDescription
+    from app.settings.server import ServerSettings
 
 __all__ = ["RequestLimits", "decode_request", "encode_response", "model_metadata"]
-
-encode_response = build_response
 
 
 @dataclass(frozen=True)
 class RequestLimits:
-    max_request_bytes: int  # after decompression
+    """What a transport may read: the body's size (after decompression) and inflation, and
+    the inputs it may hold (`sizes`, which the codec enforces while parsing)."""
+
+    max_request_bytes: int
     max_inflation_ratio: float
-    max_images: int
-    max_texts: int
-    max_text_chars: int
+    sizes: SizeLimits
 
     @classmethod
-    def from_settings(cls, settings) -> RequestLimits:
-        return cls(
-            settings.max_request_bytes,
-            settings.max_inflation_ratio,
-            settings.max_images_per_request,
-            settings.max_texts_per_request,
-            settings.max_text_chars,
+    def from_settings(cls, settings: ServerSettings) -> RequestLimits:
+        sizes = SizeLimits(
+            settings.max_images_per_request, settings.max_texts_per_request, settings.max_text_chars
         )
-
-    @property
-    def sizes(self) -> SizeLimits:
-        return SizeLimits(self.max_images, self.max_texts, self.max_text_chars)
+        return cls(settings.max_request_bytes, settings.max_inflation_ratio, sizes)
 
 
 def decode_request(

@@ -25,7 +25,7 @@ def embedding_document(embeddings: np.ndarray, model_id: str) -> bytes:
     )
 
 
-def build_response(
+def encode_response(
     request_id: str,
     model_name: str,
     model_id: str,
@@ -36,9 +36,10 @@ def build_response(
     """The body, and the JSON header's length when binary tensor data follows it;
     `parameters` (e.g. how many texts were truncated) go in the answer's own parameters."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    entries = []
+    entries: list[dict[str, object]] = []
     chunks: list[bytes] = []
     for choice in outputs:
+        entry: dict[str, object]
         if choice.name == OUTPUT_JSON:
             document = embedding_document(embeddings, model_id)
             entry = {"name": OUTPUT_JSON, "shape": [1], "datatype": "BYTES"}
@@ -55,7 +56,7 @@ def build_response(
         if choice.binary:
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
         entries.append(entry)
-    answer: dict = {"id": request_id, "model_name": model_name}
+    answer: dict[str, object] = {"id": request_id, "model_name": model_name}
     if parameters:
         answer["parameters"] = parameters
     answer["outputs"] = entries

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import TypeAdapter, ValidationError
@@ -15,8 +17,10 @@ from app.protocol.schema import ErrorResponse, RepositoryIndexRequest, Repositor
 
 router = APIRouter(tags=["repository"])
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 503)}
-CONTROL_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 503)}
+CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)
+}
 # A small JSON body at most: these calls carry a flag or a few parameters.
 MAX_BODY_BYTES = 64 * 1024
 

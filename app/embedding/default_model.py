@@ -65,7 +65,7 @@ def convert_mobilenet_v2(weights: Path, out_dir: Path) -> None:
     )
     from transformers.image_utils import PILImageResampling
 
-    config = MobileNetV2Config(
+    config = MobileNetV2Config(  # type: ignore[call-arg]  # num_labels goes to PretrainedConfig's kwargs
         tf_padding=False, layer_norm_eps=1e-5, hidden_act="relu6", image_size=224, num_labels=1000
     )
     model = MobileNetV2ForImageClassification(config)

@@ -1,5 +1,5 @@
 """One adapter per model family: which model class to load, which poolings it supports
-and how each is computed (DESIGN.md section 3). Chosen by `config.model_type`."""
+and how each is computed (docs/models.md, "Pooling, by family"). Chosen by `config.model_type`."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ class SiglipAdapter(FamilyAdapter):
     """CLS = the attention-pooling head (pooler_output); there is no CLS token."""
 
     name = "siglip"
-    supported = (CLS, MEAN, MAX)
+    supported: tuple[PoolingStrategy, ...] = (CLS, MEAN, MAX)
     default = CLS
 
     def __init__(self, config: PretrainedConfig):

@@ -13,6 +13,8 @@ it is. Both give numpy [3, H, W] float32: the runtime backends' common input.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image
 
@@ -48,8 +50,9 @@ class FastPreprocessor(Preprocessor):
 
     fast = True
 
-    def __init__(self, processor, resize: tuple[str, int | tuple[int, int]], crop: tuple[int, int] | None):
+    def __init__(self, processor, resize: tuple[str, Any], crop: tuple[int, int] | None):
         super().__init__(processor)
+        # shortest_edge: an int; size: a (height, width) pair.
         self.resize_kind, self.resize_to = resize
         self.crop = crop
         self.resample = Image.Resampling(processor.resample)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ class TokenizedTexts:
 
 
 class TextTower:
-    def __init__(self, model: torch.nn.Module, tokenizer, family: str):
+    def __init__(self, model: Any, tokenizer, family: str):
         self.model = model  # the full CLIPModel / SiglipModel (its vision half serves images)
         self.tokenizer = tokenizer
         # A transformers tokenizer is not safe to call from several threads: each call sets

@@ -57,7 +57,7 @@ def _rpc(handler):
             raise
         except ServiceError as exc:
             code, message = grpc_status(exc), exc.message
-            trailers = tuple((k.lower(), v) for k, v in getattr(exc, "headers", {}).items())
+            trailers = tuple((k.lower(), v) for k, v in getattr(exc, "headers", {}).items())  # type: ignore[assignment]
             release_frames(exc)
         except Exception as exc:  # noqa: BLE001 - answered as INTERNAL, logged with its traceback
             log.exception("unhandled error in gRPC %s", method)

@@ -36,7 +36,7 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses = []
     for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if address not in addresses:
             addresses.append(address)
     return addresses

@@ -26,7 +26,21 @@ class SourceKind(enum.Enum):
 @dataclass(frozen=True)
 class ImageSource:
     kind: SourceKind
-    value: str | bytes
+    value: str | bytes  # bytes for FILE_BYTES only
+
+    @property
+    def text(self) -> str:
+        """The value of a URL, data URI or base64 source."""
+        if isinstance(self.value, bytes):
+            raise TypeError("a FILE_BYTES source has no text")
+        return self.value
+
+    @property
+    def data(self) -> bytes:
+        """The value of a FILE_BYTES source."""
+        if isinstance(self.value, str):
+            raise TypeError(f"a {self.kind.value} source is text")
+        return self.value
 
 
 # Leading bytes of the formats clients send as files (JPEG, PNG, GIF, WebP, BMP, TIFF).
@@ -73,7 +87,7 @@ def is_image_source(element: str) -> bool:
         return False
     if source.kind is not SourceKind.BASE64:
         return True
-    head = source.value[:32]
+    head = source.text[:32]
     try:
         return _looks_like_file(decode_base64(head[: len(head) // 4 * 4]))
     except ImageError:

@@ -26,10 +26,11 @@ def decode_content(
 ) -> bytes:
     """Undo gzip or deflate, refusing to inflate past max_bytes or past max_ratio times the
     compressed size (zip bombs: gzip reaches about 1000:1)."""
-    if not is_encoded(encoding):
+    if encoding is None or not is_encoded(encoding):
         return body
     encoding = encoding.strip().lower()
     limit = inflated_size_limit(len(body), max_bytes, max_ratio)
+    wbits_options: tuple[int, ...]
     if encoding in ("gzip", "x-gzip"):
         wbits_options = (16 + zlib.MAX_WBITS,)
     elif encoding == "deflate":

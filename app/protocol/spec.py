@@ -185,7 +185,7 @@ def _scalar(tensor: Tensor | None):
 
 def _scalar_text(tensor: Tensor | None) -> str | None:
     value = _scalar(tensor)
-    if value is None:
+    if tensor is None or value is None:
         return None
     if isinstance(value, bytes):
         try:
@@ -200,13 +200,13 @@ def _scalar_text(tensor: Tensor | None) -> str | None:
 def _flag(tensor: Tensor | None) -> bool | None:
     """A flag sent as a BYTES string ("true", "1", ...), a BOOL or an integer tensor."""
     value = _scalar(tensor)
-    if value is None:
+    if tensor is None or value is None:
         return None
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
         return value != 0
-    text = _scalar_text(tensor).strip().lower()
+    text = (_scalar_text(tensor) or "").strip().lower()
     if text in _TRUE:
         return True
     if text in _FALSE:

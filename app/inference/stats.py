@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.embedding.torch_backend import ExecutionTiming
+    from app.embedding.backend import ExecutionTiming
 
 PHASES = ("compute_input", "compute_infer", "compute_output")
 

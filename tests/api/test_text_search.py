@@ -1,5 +1,5 @@
 """Text-to-image search over HTTP: the V2 `text` input, the OpenAI-style embeddings route
-(driven by the official `openai` client), mixed image and text traffic, and the README's
+(driven by the official `openai` client), mixed image and text traffic, and the manual's
 "Search images with text" example run as written."""
 
 from __future__ import annotations
@@ -226,11 +226,11 @@ def test_openai_route_with_dimensions_equal_to_the_model_is_served(server):
     assert len(result.data[0].embedding) == size
 
 
-# --- the README's example, run as written -------------------------------------------------------
+# --- the manual's example (docs/models.md), run as written -------------------------------------------------------
 
 
 def test_readme_search_example_runs_on_a_tiny_clip(text_models, tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "models.md").read_text()
     section = readme.split("## Search images with text", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     for name in PHOTOS:
@@ -240,7 +240,7 @@ def test_readme_search_example_runs_on_a_tiny_clip(text_models, tmp_path, monkey
         monkeypatch.chdir(tmp_path)
         code = code.replace("http://127.0.0.1:8080", running.url)
         namespace: dict = {}
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the documented example
+        exec(compile(code, "docs/models.md", "exec"), namespace)  # noqa: S102 - the documented example
     ranking = namespace["ranking"]
     assert sorted(name for name, _ in ranking) == sorted(f"{n}.jpg" for n in PHOTOS)
     scores = [score for _, score in ranking]

@@ -1,5 +1,5 @@
 """Reduced precision against float32 on the real MobileNetV2 and real photos, scored as
-bench/fidelity.py scores it for README.md."""
+bench/fidelity.py scores it for docs/runtimes.md."""
 
 from __future__ import annotations
 
@@ -36,5 +36,5 @@ def test_bfloat16_keeps_every_nearest_neighbour_of_the_real_model(default_model_
     score = compare(reference, embed_all(dict(fields, dtype="bfloat16"), images))
     assert score.images == len(images) == 32
     assert score.neighbours_kept == score.images
-    # README.md reports 0.992: close, but under the 0.995 bound, so not recommended.
+    # docs/runtimes.md reports 0.992: close, but under the 0.995 bound, so not recommended.
     assert 0.98 < score.min_cosine < 1.0

@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=8,
-        help="retries of one batch for each kind of failure: refused connections; 503/429; 5xx and malformed answers",
+        help="retries of one batch for each kind of failure: refused connections; 503/429; "
+        "5xx and malformed answers",
     )
     parser.add_argument(
         "--max-retry-after",
@@ -496,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                 handle.write(json.dumps(failure) + "\n")
     elapsed = time.perf_counter() - started
     print(
-        f"{embedder.embedded} embedded in {elapsed:.1f} s ({embedder.embedded / max(elapsed, 1e-9):.1f} img/s), "
+        f"{embedder.embedded} embedded in {elapsed:.1f} s "
+        f"({embedder.embedded / max(elapsed, 1e-9):.1f} img/s), "
         f"{len(done)} already done, {len(embedder.failures)} failed (listed in {output.failures_path}); "
         f"{rows} rows in {args.out}" + (" (interrupted: run again to resume)" if interrupted else ""),
         file=sys.stderr,

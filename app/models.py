@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {described}, {size / 2**20:.1f} MiB")
     print(
-        f"serve it with: MODEL_ID={args.out} python -m app  (or mount it at MODEL_DIR, or put it in a MODEL_REPOSITORY)"
+        f"serve it with: MODEL_ID={args.out} python -m app  "
+        "(or mount it at MODEL_DIR, or put it in a MODEL_REPOSITORY)"
     )
     return 0
 

@@ -61,7 +61,8 @@ def measure(configs: list[str], base: dict, calibration_dir: Path | None) -> lis
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| runtime:precision | min cosine vs torch float32 | mean cosine | nearest neighbour kept | recommended |",
+        "| runtime:precision | min cosine vs torch float32 | mean cosine | nearest neighbour kept "
+        "| recommended |",
         "|---|---|---|---|---|",
     ]
     for row in rows:

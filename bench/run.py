@@ -336,7 +336,8 @@ def main(argv=None) -> dict:
 def format_row(cell: dict) -> str:
     return (
         f"| {cell['size']} | {cell['transport']} | {cell['clients']} | {cell['images_per_request']} "
-        f"| {cell['images_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} | {cell['p99_ms']:.0f} "
+        f"| {cell['images_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} "
+        f"| {cell['p99_ms']:.0f} "
         f"| {cell['vs_configured_forward']:.2f}x | {cell['vs_eager_fp32']:.2f}x "
         f"| {cell['server_request_ms']:.0f} | {cell['server_forward_ms']:.0f} | {cell['errors']} |"
     )

@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
     print("|---|---|---|---|---|---|")
     for cell in cells:
         print(
-            f"| {cell['clients']} | {cell['texts_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} "
+            f"| {cell['clients']} | {cell['texts_per_second']:.1f} | {cell['p50_ms']:.0f} "
+            f"| {cell['p95_ms']:.0f} "
             f"| {cell['texts_per_second'] / best:.2f}x | {cell['errors']} |"
         )
     report = {"raw_text_forward": raw, "cells": cells}

@@ -44,7 +44,8 @@ def test_the_serving_side_imports_no_runtime():
         "import importlib, sys\n"
         f"for name in {SERVING_MODULES!r}:\n"
         "    importlib.import_module(name)\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'openvino', 'nncf'))\n"
+        "runtimes = ('torch', 'transformers', 'openvino', 'nncf')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in runtimes)\n"
         "print(loaded[:5])\n"
         "sys.exit(1 if loaded else 0)\n"
     )

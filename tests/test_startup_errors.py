@@ -111,7 +111,8 @@ def _cases(tiny_models, text_models, calibration: Path, missing: Path):
             ["--model-id", str(missing)],
             "",
             2,
-            f"invalid settings: MODEL_ID={missing}: no such folder; give the folder that holds the model's config.json",
+            f"invalid settings: MODEL_ID={missing}: no such folder; "
+            "give the folder that holds the model's config.json",
         ),
         "MODEL_ID of a hub model not in the cache, hub offline": (
             ["--model-id", "openai/clip-vit-base-patch32"],

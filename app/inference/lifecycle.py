@@ -8,8 +8,8 @@ only read it.
        +---------------------------------- unloaded ------------------------+
 
 A start-up model is LOADING from the server's first moment (its load begins with the
-registry's start, or is deferred to its first request). FAILED is left by a new load only. Draining (SIGTERM) is not a phase: it overlays any of
-them and is never undone."""
+registry's start, or is deferred to its first request). FAILED is left by a new load only.
+Draining (SIGTERM) is not a phase: it overlays any of them and is never undone."""
 
 from __future__ import annotations
 

@@ -139,7 +139,8 @@ class ModelRegistry:
                 if model.idle and now - model.last_used >= self.ttl_s:
                     try:
                         await model.unload(
-                            f"unloaded after {self.ttl_s:g} s idle (MODEL_TTL_S); its next request loads it again",
+                            f"unloaded after {self.ttl_s:g} s idle (MODEL_TTL_S); "
+                            "its next request loads it again",
                             loads_on_demand=True,
                         )
                     except Exception:  # noqa: BLE001 - one failed unload must not end the expiry loop

@@ -226,7 +226,7 @@ def test_openai_route_with_dimensions_equal_to_the_model_is_served(server):
     assert len(result.data[0].embedding) == size
 
 
-# --- the manual's example (docs/models.md), run as written -------------------------------------------------------
+# --- the manual's example (docs/models.md), run as written --------------------------------------
 
 
 def test_readme_search_example_runs_on_a_tiny_clip(text_models, tmp_path, monkeypatch):

@@ -15,34 +15,14 @@ from pydantic import ValidationError
 
 from app.embedding.model_folder import find_model_folder
 from app.settings import with_cpu_share
-from app.settings.model import ModelSettings
+from app.settings.model import REPOSITORY_FIXED, ModelSettings
 from app.settings.server import ServerSettings
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "serving.json"
 # The settings a model may set for itself: how it is loaded, run and pooled.
-PER_MODEL_SETTINGS = frozenset(
-    {
-        "model_id",
-        "pooling_strategy",
-        "normalize_embeddings",
-        "dtype",
-        "device",
-        "runtime",
-        "quantize",
-        "calibration_dir",
-        "quantize_max_cosine_drop",
-        "quantize_min_neighbours_kept",
-        "openvino_hint",
-        "max_batch_size",
-        "max_batch_wait_ms",
-        "compile",
-        "channels_last",
-        "fast_preprocessing",
-        "torch_threads",
-    }
-)
+PER_MODEL_SETTINGS = frozenset(ModelSettings.model_fields) - REPOSITORY_FIXED
 LOAD_AT_STARTUP = "load_at_startup"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.workers > 1:
         # Each worker process loads its own model copy and batcher (small models: two
         # single-thread processes outrun one process with two torch threads).
+        decide_runtime_once(settings)
         export_to_environment(settings)
         uvicorn.run(
             "app.server:create_app_from_environment", factory=True, workers=settings.workers, **common
@@ -98,6 +99,16 @@ def main(argv: list[str] | None = None) -> None:
         serve_models(settings, common)
     else:
         serve_with_model_on_main_thread(settings, common)
+
+
+def decide_runtime_once(settings: Settings) -> None:
+    """RUNTIME=auto measures the runtimes at start-up: here, once, before the workers start
+    (all measuring at once on the same cores would measure each other); they read the
+    cached decision."""
+    from app.embedding.auto_runtime import needs_choice, resolve
+
+    if settings.model_repository is None and needs_choice(settings.model):
+        resolve(settings.model)
 
 
 def serve_models(settings: Settings, uvicorn_options: dict) -> None:

@@ -46,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
-    parser.add_argument("--runtime", choices=["torch", "openvino"], default="torch")
+    parser.add_argument("--runtime", choices=["auto", "torch", "openvino"], default="auto")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
     parser.add_argument(
         "--calibration", type=Path, help="int8 calibration images (default: bench/photos.py's)"
@@ -57,7 +57,7 @@ def parse_args(argv=None):
         default=0.005,
         help="QUANTIZE_MAX_COSINE_DROP (random-weight shapes: large, since their fidelity means nothing)",
     )
-    parser.add_argument("--openvino-hint", choices=["throughput", "latency"], default="throughput")
+    parser.add_argument("--openvino-hint", choices=["auto", "throughput", "latency"], default="auto")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--max-batch-size", type=int, default=32)

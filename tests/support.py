@@ -95,6 +95,10 @@ def server_settings(model_path: Path | str | None, tmp_dir: Path, **overrides) -
         device="cpu",
         allow_private_urls=True,  # the test image servers listen on 127.0.0.1
         grpc_port=0,  # gRPC tests ask for a port of their own (grpc_port=free_port())
+        # RUNTIME=auto measures torch and OpenVINO at start-up (seconds per model): the tests
+        # of that (tests/embedding/test_auto_runtime.py, the README's) ask for it.
+        runtime="torch",
+        openvino_hint="throughput",
     )
     values.update(overrides)
     return Settings(**values)
@@ -210,6 +214,8 @@ def app_process(model_path: Path | None, tmp_dir: Path, *flags: str, stderr=None
         "--allow-private-urls",
         "true",
         *([] if "--grpc-port" in flags else ["--grpc-port", "0"]),
+        *([] if "--runtime" in flags else ["--runtime", "torch"]),  # see server_settings
+        *([] if "--openvino-hint" in flags else ["--openvino-hint", "throughput"]),
         *flags,
     ]
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}

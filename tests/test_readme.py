@@ -42,7 +42,9 @@ def test_the_quick_start_request_runs_as_written(default_model_cache, tmp_path):
     [command] = [
         line for line in readme.splitlines() if line.startswith("curl -s http://127.0.0.1:8080/v2/models/")
     ]
-    with app_process(None, tmp_path, "--model-cache-dir", str(default_model_cache)) as server:
+    # As written: the default settings, RUNTIME=auto included.
+    defaults = ("--runtime", "auto", "--openvino-hint", "auto")
+    with app_process(None, tmp_path, "--model-cache-dir", str(default_model_cache), *defaults) as server:
         result = subprocess.run(
             ["bash", "-c", command.replace("http://127.0.0.1:8080", server.url)],
             cwd=ROOT,
@@ -61,7 +63,9 @@ def test_the_openai_example_runs_as_written(default_model_cache, tmp_path, monke
 
     readme = (ROOT / "README.md").read_text()
     [code] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "OpenAI(" in block]
-    with app_process(None, tmp_path, "--model-cache-dir", str(default_model_cache)) as server:
+    # As written: the default settings, RUNTIME=auto included.
+    defaults = ("--runtime", "auto", "--openvino-hint", "auto")
+    with app_process(None, tmp_path, "--model-cache-dir", str(default_model_cache), *defaults) as server:
         monkeypatch.chdir(ROOT)
         namespace: dict = {}
         exec(compile(code.replace("http://127.0.0.1:8080", server.url), "README.md", "exec"), namespace)  # noqa: S102

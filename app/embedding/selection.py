@@ -1,11 +1,13 @@
-"""Which runtime backend runs a model: the one place that imports them. A third runtime is
-a class that fits `RuntimeBackend` (backend.py) and a branch here; mypy checks the fit
-through `load_backend`'s return type."""
+"""Which runtime backend runs a model: the one place that imports them (with
+auto_runtime.py, which measures them for RUNTIME=auto). A third runtime is a class that fits
+`RuntimeBackend` (backend.py) and a branch here; mypy checks the fit through
+`load_backend`'s return type."""
 
 from __future__ import annotations
 
 import threading
 
+from app.embedding import auto_runtime
 from app.embedding.backend import RuntimeBackend
 from app.embedding.preflight import check_model_settings
 from app.settings.model import ModelSettings, RuntimeSetting
@@ -21,6 +23,7 @@ def load_backend(settings: ModelSettings) -> RuntimeBackend:
     here, when chosen: the serving side stays importable without either."""
     with _ONE_LOAD_AT_A_TIME:
         check_model_settings(settings)  # a setting that cannot work fails in one line, before loading
+        settings = auto_runtime.resolve(settings)  # RUNTIME=auto and OPENVINO_HINT=auto decided
         if settings.runtime == RuntimeSetting.OPENVINO:
             from app.embedding.openvino_backend import OpenVinoBackend
 

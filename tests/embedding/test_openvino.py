@@ -37,7 +37,13 @@ def cache(tmp_path_factory):
 
 def settings(model, cache, **overrides) -> Settings:
     values = dict(
-        model_id=str(model), model_dir="/nonexistent", model_cache_dir=cache, device="cpu", max_batch_size=4
+        model_id=str(model),
+        model_dir="/nonexistent",
+        model_cache_dir=cache,
+        device="cpu",
+        max_batch_size=4,
+        runtime="torch",
+        openvino_hint="throughput",
     )
     return Settings(**(values | overrides))
 
@@ -170,7 +176,8 @@ def test_bfloat16_is_an_inference_hint_on_the_same_graph(tiny_models, images, ca
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(quantize="int8"), "QUANTIZE=int8 needs RUNTIME=openvino"),
+        (dict(runtime="torch", quantize="int8"), "QUANTIZE=int8 needs RUNTIME=openvino"),
+        (dict(quantize="int8"), "QUANTIZE=int8 needs CALIBRATION_DIR"),  # RUNTIME=auto: OpenVINO
         (dict(runtime="openvino", quantize="int8"), "QUANTIZE=int8 needs CALIBRATION_DIR"),
         (dict(runtime="openvino", quantize="int8", calibration_dir="/nonexistent"), "is not a folder"),
         (dict(runtime="openvino", device="cuda"), "RUNTIME=openvino runs on the CPU"),

@@ -19,7 +19,9 @@ TEXTS = ["a photo of a cat", "coins", "", "an astronaut in space " * 40, "Ünïc
 
 
 def backend_for(folder, **overrides):
-    fields = dict(model_id=str(folder), model_dir="/nonexistent", device="cpu", max_batch_size=8)
+    fields = dict(
+        model_id=str(folder), model_dir="/nonexistent", device="cpu", max_batch_size=8, runtime="torch"
+    )
     return load_backend(Settings(**(fields | overrides)))
 
 

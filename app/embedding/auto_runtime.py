@@ -1,0 +1,342 @@
+"""RUNTIME=auto and OPENVINO_HINT=auto (the defaults): the runtime and hint that run this
+model fastest on this machine, among those that give torch's float32 embeddings.
+
+Torch, without measuring, on a GPU or MPS, for a model with a text tower (OpenVINO's graph
+is the image tower only), and with COMPILE or a DTYPE other than float32. Otherwise the
+candidates are loaded one at a time and measured on synthetic images: torch, and OpenVINO
+with each hint whose embeddings match torch's (min cosine >= 0.99999 over every pooling);
+with QUANTIZE=int8, OpenVINO int8 and float32, int8 chosen only where it is the faster.
+The winner is the fastest at the largest batch; among the candidates within 10% of it, the
+one with the lowest batch-1 latency. The decision is cached in MODEL_CACHE_DIR/auto/, keyed
+by the model's files, the machine (usable CPUs, ISA) and the settings that change speed,
+so a restart loads only the winner. Part of the backend choice (selection.py)."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.cpus import usable_cpus
+from app.embedding.backend import PoolRequest, RuntimeBackend
+from app.embedding.fidelity import l2_normalised
+from app.embedding.file_digest import folder_digest
+from app.settings.model import (
+    DTypeSetting,
+    ModelSettings,
+    OpenVinoHint,
+    QuantizeSetting,
+    RuntimeSetting,
+)
+
+log = logging.getLogger(__name__)
+
+EQUIVALENT_COSINE = 0.99999  # OpenVINO float32 must give torch's float32 embeddings
+NEAR_BEST = 0.9  # within 10% of the best throughput, the lower batch-1 latency wins
+PROBE_SECONDS = 1.0  # throughput measured per candidate
+PROBE_IMAGES = 8  # synthetic images for the equivalence check
+DECISION_VERSION = 1  # bump when the rule or the measurement changes
+# The settings that change which candidate is fastest, or which candidates there are.
+_SPEED_SETTINGS = {
+    "runtime",
+    "openvino_hint",
+    "quantize",
+    "calibration_dir",
+    "quantize_max_cosine_drop",
+    "quantize_min_neighbours_kept",
+    "max_batch_size",
+    "torch_threads",
+    "channels_last",
+    "fast_preprocessing",
+}
+
+
+@dataclass(frozen=True)
+class Measured:
+    runtime: str  # torch or openvino
+    hint: str | None  # OpenVINO's hint
+    precision: str  # float32 or int8
+    images_per_second: float  # at the largest batch, with the backend's batches in flight
+    batch1_ms: float  # median of a few single-image forwards
+    min_cosine: float | None  # to torch float32 (None: torch itself, or int8 with its own gate)
+
+
+@dataclass(frozen=True)
+class Decision:
+    runtime: str
+    hint: str | None
+    precision: str
+    reason: str
+    measured: list[Measured]
+
+    def settings(self, settings: ModelSettings) -> ModelSettings:
+        update: dict[str, object] = {"runtime": RuntimeSetting(self.runtime)}
+        if self.hint is not None:
+            update["openvino_hint"] = OpenVinoHint(self.hint)
+        if self.precision == "float32" and settings.quantize == QuantizeSetting.INT8:
+            update["quantize"] = QuantizeSetting.NONE
+        return settings.model_copy(update=update)
+
+
+def needs_choice(settings: ModelSettings) -> bool:
+    return settings.runtime == RuntimeSetting.AUTO or (
+        settings.runtime == RuntimeSetting.OPENVINO and settings.openvino_hint == OpenVinoHint.AUTO
+    )
+
+
+def resolve(settings: ModelSettings) -> ModelSettings:
+    """The settings with RUNTIME and OPENVINO_HINT decided (cached, or measured now)."""
+    if not needs_choice(settings):
+        return settings
+    torch_only = _torch_only(settings)
+    if torch_only is not None:
+        log.info("RUNTIME=auto: torch (%s)", torch_only)
+        return settings.model_copy(update={"runtime": RuntimeSetting.TORCH})
+    from app.embedding.loader import resolve_source
+    from app.embedding.openvino_export import is_export, local_folder
+
+    source = resolve_source(settings)
+    folder = local_folder(source)
+    if is_export(folder):  # an OpenVINO export given as the model: only OpenVINO runs it
+        return _only_hints(settings, RuntimeSetting.OPENVINO)
+    cache = _decision_path(settings, folder, source.model_id)
+    decision = _read(cache)
+    if decision is not None:
+        log.info(
+            "RUNTIME=auto: %s (decided on this machine earlier: %s; cached in %s)",
+            _name(decision.runtime, decision.hint, decision.precision),
+            decision.reason,
+            cache,
+        )
+    else:
+        decision = decide(settings)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(asdict(decision), indent=2) + "\n")
+        chosen = _name(decision.runtime, decision.hint, decision.precision)
+        log.info("RUNTIME=auto: %s (%s); cached in %s", chosen, decision.reason, cache)
+    return decision.settings(settings)
+
+
+def _only_hints(settings: ModelSettings, runtime: RuntimeSetting) -> ModelSettings:
+    hint = settings.openvino_hint
+    if hint == OpenVinoHint.AUTO:
+        hint = OpenVinoHint.THROUGHPUT  # a given export is served as it is, without measuring
+    return settings.model_copy(update={"runtime": runtime, "openvino_hint": hint})
+
+
+def _torch_only(settings: ModelSettings) -> str | None:
+    """Why this model runs on torch without measuring, or None."""
+    if settings.runtime == RuntimeSetting.OPENVINO or settings.quantize == QuantizeSetting.INT8:
+        return None  # OpenVINO asked for, or int8, which only OpenVINO runs
+    from app.embedding.device import resolve_device
+    from app.installed import is_installed
+
+    device = resolve_device(settings.device)
+    if device.type != "cpu":
+        return f"the model runs on {device}"
+    if settings.compile:
+        return "COMPILE is torch.compile"
+    if settings.dtype not in (DTypeSetting.AUTO, DTypeSetting.FLOAT32):
+        return f"DTYPE={settings.dtype.value} is asked for"
+    if not is_installed("openvino"):
+        return "OpenVINO is not installed"
+    return None
+
+
+def decide(settings: ModelSettings) -> Decision:
+    """Load each candidate in turn, check its embeddings and measure it; free them all."""
+    from app.embedding.openvino_backend import OpenVinoBackend
+    from app.embedding.torch_backend import TorchBackend
+
+    int8 = settings.quantize == QuantizeSetting.INT8
+    reference = TorchBackend.from_settings(
+        settings.model_copy(update={"runtime": RuntimeSetting.TORCH, "quantize": QuantizeSetting.NONE})
+    )
+    if len(reference.modalities) > 1 and settings.runtime == RuntimeSetting.AUTO:
+        return Decision("torch", None, "float32", "the model has a text tower, which only torch serves", [])
+    pixels = _probe_pixels(reference)
+    expected = _pooled(reference, pixels)
+    measured: list[Measured] = []
+    if settings.runtime == RuntimeSetting.AUTO and not int8:
+        measured.append(_measure(reference, pixels, "torch", None, "float32", None))
+    del reference
+    gc.collect()
+    hints = [settings.openvino_hint]
+    if settings.openvino_hint == OpenVinoHint.AUTO:
+        hints = [OpenVinoHint.THROUGHPUT, OpenVinoHint.LATENCY]
+    precisions = [QuantizeSetting.INT8, QuantizeSetting.NONE] if int8 else [QuantizeSetting.NONE]
+    for precision in precisions:
+        for hint in hints:
+            candidate = settings.model_copy(
+                update={"runtime": RuntimeSetting.OPENVINO, "openvino_hint": hint, "quantize": precision}
+            )
+            try:
+                backend = OpenVinoBackend.from_settings(candidate)
+            except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot convert runs on torch
+                if int8 and precision == QuantizeSetting.INT8:
+                    raise  # the int8 gate's refusal stops start-up with its figures
+                log.warning("RUNTIME=auto: OpenVINO cannot run this model (%s: %s)", type(exc).__name__, exc)
+                break
+            name = "int8" if precision == QuantizeSetting.INT8 else "float32"
+            cosine = None if name == "int8" else _min_cosine(expected, _pooled(backend, pixels))
+            if cosine is not None and cosine < EQUIVALENT_COSINE:
+                log.warning(
+                    "RUNTIME=auto: OpenVINO's embeddings differ from torch's (min cosine %.6f): not used",
+                    cosine,
+                )
+                del backend
+                break
+            measured.append(_measure(backend, pixels, "openvino", hint.value, name, cosine))
+            del backend
+            gc.collect()
+    return choose(measured, prefer_int8=int8)
+
+
+def choose(measured: list[Measured], prefer_int8: bool = False) -> Decision:
+    """The winner among the measured candidates (see the module's rule), and why."""
+    if not measured:
+        return Decision("torch", None, "float32", "no other runtime gives torch's embeddings", [])
+    best = max(m.images_per_second for m in measured)
+    near = [m for m in measured if m.images_per_second >= NEAR_BEST * best]
+    winner = min(near, key=lambda m: m.batch1_ms)
+    figures = "; ".join(
+        f"{_name(m.runtime, m.hint, m.precision)} {m.images_per_second:.1f} img/s, "
+        f"batch 1 {m.batch1_ms:.1f} ms"
+        for m in measured
+    )
+    reason = f"measured: {figures}"
+    if prefer_int8 and winner.precision == "float32":
+        reason = f"QUANTIZE=int8 is not faster than float32 on this machine, so float32 is served; {reason}"
+    return Decision(winner.runtime, winner.hint, winner.precision, reason, measured)
+
+
+def _name(runtime: str, hint: str | None, precision: str) -> str:
+    if runtime == "torch":
+        return "torch"
+    return f"openvino {precision} (hint {hint})"
+
+
+def _probe_pixels(backend: RuntimeBackend) -> np.ndarray:
+    """PROBE_IMAGES synthetic photos-like images (smooth colour fields with noise), preprocessed."""
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(PROBE_IMAGES):
+        y, x = np.mgrid[0:240, 0:320]
+        scales = rng.uniform(0.1, 1.0, 3)
+        base = np.stack([x * scales[0], y * scales[1], (x + y) * scales[2] / 2], -1)
+        noisy = base + rng.normal(0, 20, base.shape)
+        images.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    return np.stack([backend.preprocessor(image) for image in images])
+
+
+def _pooled(backend: RuntimeBackend, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The probe images' embeddings under every pooling (one request each: a request owns
+    its own rows of a batch, so the images go in once per pooling)."""
+    poolings = backend.supported_poolings
+    requests = [PoolRequest(len(pixels), strategy, False) for strategy in poolings]
+    rows, _ = backend.embed_batch(np.concatenate([pixels] * len(poolings)), requests)
+    return {request.strategy.value: row for request, row in zip(requests, rows, strict=True)}
+
+
+def _min_cosine(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
+    common = set(expected) & set(got)
+    if not common:
+        return 0.0
+    return min(
+        float(np.min(np.sum(l2_normalised(expected[p]) * l2_normalised(got[p]), axis=1))) for p in common
+    )
+
+
+def _measure(
+    backend: RuntimeBackend,
+    pixels: np.ndarray,
+    runtime: str,
+    hint: str | None,
+    precision: str,
+    cosine: float | None,
+) -> Measured:
+    batch = np.resize(pixels, (backend.max_batch_size, *pixels.shape[1:]))  # the probe images, repeated
+    request = [PoolRequest(len(batch), backend.default_pooling, False)]
+    counts: list[int] = []
+    stop = time.monotonic() + PROBE_SECONDS
+
+    def run() -> None:
+        backend.adopt_thread()
+        done = 0
+        while time.monotonic() < stop:
+            backend.embed_batch(batch, request)
+            done += len(batch)
+        counts.append(done)
+
+    started = time.monotonic()
+    if backend.concurrent_batches == 1:
+        # In this thread, which loaded and warmed the model: a new thread would start a
+        # second OpenMP team for torch, and two teams on the same cores halve its speed.
+        run()
+    else:
+        threads = [threading.Thread(target=run) for _ in range(backend.concurrent_batches)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    throughput = sum(counts) / (time.monotonic() - started)
+    one = batch[:1]
+    single = [PoolRequest(1, backend.default_pooling, False)]
+    timings = []
+    for _ in range(5):
+        tick = time.perf_counter()
+        backend.embed_batch(one, single)
+        timings.append((time.perf_counter() - tick) * 1000)
+    return Measured(runtime, hint, precision, throughput, float(np.median(timings)), cosine)
+
+
+def _decision_path(settings: ModelSettings, folder: Path, model_id: str) -> Path:
+    import openvino
+    import torch
+    import transformers
+
+    material = {
+        "version": DECISION_VERSION,
+        "files": folder_digest(folder),
+        "versions": [torch.__version__, transformers.__version__, openvino.__version__],
+        "cpus": usable_cpus(),
+        "isa": _cpu_flags(),
+        "settings": settings.model_dump(
+            mode="json",
+            include=_SPEED_SETTINGS,
+        ),
+    }
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model_id).strip("-.")[-60:] or "model"
+    return Path(settings.model_cache_dir) / "auto" / f"{slug}-{key[:16]}.json"
+
+
+def _cpu_flags() -> str:
+    """The CPU's instruction-set flags that decide OpenVINO's and torch's kernels."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = set(re.findall(r"\b(avx2|avx512\w*|amx\w*|fma|sse4_2|neon|asimd\w*)\b", text))
+    return ",".join(sorted(flags))
+
+
+def _read(path: Path) -> Decision | None:
+    try:
+        raw = json.loads(path.read_text())
+        raw["measured"] = [Measured(**m) for m in raw["measured"]]
+        return Decision(**raw)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("RUNTIME=auto: the cached decision %s is unreadable (%s): measuring again", path, exc)
+        return None

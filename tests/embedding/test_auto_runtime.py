@@ -1,0 +1,131 @@
+"""RUNTIME=auto and OPENVINO_HINT=auto: measured once on this machine, with torch's float32
+embeddings kept, cached, and never overriding a setting that was given."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from app.embedding.auto_runtime import Measured, choose, resolve
+from app.embedding.backend import TEXT, embed_images
+from app.embedding.pooling import PoolingStrategy
+from app.embedding.selection import load_backend
+from app.embedding.torch_backend import TorchBackend
+from app.settings.model import ModelSettings, OpenVinoHint, RuntimeSetting
+from tests.support import photo
+
+
+def model_settings(folder, cache, **overrides) -> ModelSettings:
+    values = dict(model_id=str(folder), model_dir="/nonexistent", model_cache_dir=cache, device="cpu")
+    return ModelSettings(**(values | overrides))
+
+
+def loads_logged(caplog) -> int:
+    return sum(record.getMessage().startswith("loaded model") for record in caplog.records)
+
+
+def test_auto_is_the_default_measures_once_and_keeps_torchs_embeddings(tiny_models, tmp_path, caplog):
+    settings = model_settings(tiny_models["dinov2"], tmp_path / "cache", max_batch_size=4)
+    assert settings.runtime is RuntimeSetting.AUTO and settings.openvino_hint is OpenVinoHint.AUTO
+    caplog.set_level(logging.INFO)
+    chosen = load_backend(settings)
+    [decision_file] = list((tmp_path / "cache" / "auto").iterdir())
+    decision = json.loads(decision_file.read_text())
+    assert {m["runtime"] for m in decision["measured"]} == {"torch", "openvino"}
+    assert {m["hint"] for m in decision["measured"]} == {None, "throughput", "latency"}
+    for measured in decision["measured"]:
+        assert measured["images_per_second"] > 0 and measured["batch1_ms"] > 0
+        assert measured["runtime"] == "torch" or measured["min_cosine"] >= 0.99999
+    assert chosen.describe()["platform"] == (
+        "openvino" if decision["runtime"] == "openvino" else "pytorch_transformers"
+    )
+    assert any(
+        "RUNTIME=auto: " in r.getMessage() and "measured: torch" in r.getMessage() for r in caplog.records
+    )
+
+    images = [photo("chelsea"), photo("coffee")]
+    reference = TorchBackend.from_settings(settings.model_copy(update={"runtime": RuntimeSetting.TORCH}))
+    expected, _ = embed_images(reference, images, PoolingStrategy.CLS, True)
+    got, _ = embed_images(chosen, images, PoolingStrategy.CLS, True)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+    caplog.clear()
+    again = load_backend(settings)  # the cached decision: only the winner loads
+    assert again.describe() == chosen.describe() and loads_logged(caplog) == 1
+    assert any("decided on this machine earlier" in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_with_a_text_tower_stays_on_torch(text_models, tmp_path):
+    backend = load_backend(model_settings(text_models["clip"], tmp_path / "cache", max_batch_size=2))
+    assert TEXT in backend.modalities and backend.describe()["platform"] == "pytorch_transformers"
+    [decision_file] = list((tmp_path / "cache" / "auto").iterdir())
+    assert "text tower" in json.loads(decision_file.read_text())["reason"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"), [(dict(compile=True), "COMPILE"), (dict(dtype="bfloat16"), "DTYPE=bfloat16")]
+)
+def test_torch_only_settings_choose_torch_without_measuring(tiny_models, tmp_path, caplog, overrides, reason):
+    caplog.set_level(logging.INFO)
+    resolved = resolve(model_settings(tiny_models["vit"], tmp_path / "cache", **overrides))
+    assert resolved.runtime is RuntimeSetting.TORCH and not (tmp_path / "cache").exists()
+    assert any(reason in r.getMessage() for r in caplog.records)
+
+
+def test_a_given_runtime_and_hint_are_kept(tiny_models, tmp_path):
+    for given in (
+        dict(runtime="torch"),
+        dict(runtime="openvino", openvino_hint="latency"),
+        dict(runtime="torch", openvino_hint="auto"),  # the hint applies to OpenVINO only
+    ):
+        settings = model_settings(tiny_models["vit"], tmp_path / "cache", **given)
+        assert resolve(settings) == settings
+    assert not (tmp_path / "cache").exists()
+
+
+def measured(runtime, hint, precision, images_per_second, batch1_ms) -> Measured:
+    return Measured(runtime, hint, precision, images_per_second, batch1_ms, None)
+
+
+def test_the_fastest_wins_and_near_ties_go_to_the_lower_latency():
+    torch = measured("torch", None, "float32", 70, 14)
+    throughput = measured("openvino", "throughput", "float32", 300, 8)
+    latency = measured("openvino", "latency", "float32", 280, 5)
+    assert (choose([torch, throughput, latency]).hint) == "latency"  # 280 is within 10% of 300
+    slower_latency = measured("openvino", "latency", "float32", 250, 5)
+    decision = choose([torch, throughput, slower_latency])
+    assert (decision.runtime, decision.hint) == ("openvino", "throughput")
+    assert "torch 70.0 img/s" in decision.reason and "batch 1 8.0 ms" in decision.reason
+    assert choose([]).runtime == "torch"
+
+
+def test_int8_is_served_only_where_it_is_faster_than_float32():
+    int8 = measured("openvino", "throughput", "int8", 105, 9)
+    float32 = measured("openvino", "throughput", "float32", 124, 8)
+    decision = choose([int8, float32], prefer_int8=True)
+    assert decision.precision == "float32" and "not faster than float32" in decision.reason
+    settings = ModelSettings(runtime="openvino", quantize="int8", calibration_dir=".", openvino_hint="auto")
+    assert decision.settings(settings).quantize.value == "none"
+    faster = measured("openvino", "latency", "int8", 200, 4)
+    assert choose([faster, float32], prefer_int8=True).precision == "int8"
+
+
+def test_several_workers_share_one_measurement(tiny_models, tmp_path):
+    from app.__main__ import decide_runtime_once
+    from app.settings import Settings
+
+    settings = Settings(
+        model_id=str(tiny_models["vit"]),
+        model_dir="/nonexistent",
+        model_cache_dir=tmp_path / "cache",
+        device="cpu",
+        workers=2,
+        max_batch_size=2,
+    )
+    decide_runtime_once(settings)  # before the workers start; each then reads the decision
+    [decision_file] = list((tmp_path / "cache" / "auto").iterdir())
+    decision = json.loads(decision_file.read_text())
+    assert decision["runtime"] in ("torch", "openvino") and decision["measured"]

@@ -302,7 +302,8 @@ def main(argv=None) -> dict:
             for size in sizes:
                 for transport in args.transports.split(","):
                     plans = [(c, 1) for c in map(int, args.clients.split(","))]
-                    plans.append((args.batch_request_clients, 16))
+                    if args.batch_request_clients:  # 0: no 16-image requests
+                        plans.append((args.batch_request_clients, 16))
                     for clients, per_request in plans:
                         bodies = request_bodies(files[size], photos, host, transport, per_request)
                         # Each worker process counts its own statistics: read them with one only.

@@ -304,16 +304,16 @@ def _decision_path(settings: ModelSettings, folder: Path, model_id: str) -> Path
     import torch
     import transformers
 
+    speed_settings = settings.model_dump(mode="json", include=_SPEED_SETTINGS)
+    # TORCH_THREADS=0 and its resolved value (the process's share) are the same setting.
+    speed_settings["torch_threads"] = settings.torch_threads or usable_cpus()
     material = {
         "version": DECISION_VERSION,
         "files": folder_digest(folder),
         "versions": [torch.__version__, transformers.__version__, openvino.__version__],
         "cpus": usable_cpus(),
         "isa": _cpu_flags(),
-        "settings": settings.model_dump(
-            mode="json",
-            include=_SPEED_SETTINGS,
-        ),
+        "settings": speed_settings,
     }
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model_id).strip("-.")[-60:] or "model"

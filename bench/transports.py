@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench"
 
 
-async def _closed_loop(make_client, module, photos: list[bytes], clients: int, seconds: float, warmup_s=1.5):
+async def closed_loop(make_client, build, photos: list[bytes], clients: int, seconds: float, warmup_s=1.5):
+    """`clients` clients, each sending one photo at a time (`build(photo)` gives the call's
+    model, inputs and outputs) and the next once answered; img/s and p50 in the window."""
     client = make_client()
     latencies: list[float] = []
     errors = 0
@@ -39,18 +41,10 @@ async def _closed_loop(make_client, module, photos: list[bytes], clients: int, s
         nonlocal errors
         i = offset
         while time.perf_counter() < stop_at:
-            tensor = module.InferInput("image", [1], "BYTES")
-            if module.__name__.endswith("http.aio"):
-                tensor.set_data_from_numpy(
-                    np.array([photos[i % len(photos)]], dtype=np.object_), binary_data=True
-                )
-                outputs = [module.InferRequestedOutput("output", binary_data=True)]
-            else:
-                tensor.set_data_from_numpy(np.array([photos[i % len(photos)]], dtype=np.object_))
-                outputs = [module.InferRequestedOutput("output")]
+            model, inputs, outputs = build(photos[i % len(photos)])
             sent = time.perf_counter()
             try:
-                await client.infer(MODEL, [tensor], outputs=outputs)
+                await client.infer(model, inputs, outputs=outputs)
                 ok = True
             except Exception:  # noqa: BLE001 - counted, the load goes on
                 ok = False
@@ -73,19 +67,36 @@ async def _closed_loop(make_client, module, photos: list[bytes], clients: int, s
     }
 
 
+def this_server_call(module, binary: bool):
+    """This server's V2 call for one photo: input `image` [1], its JSON output."""
+
+    def build(photo: bytes):
+        tensor = module.InferInput("image", [1], "BYTES")
+        if binary:
+            tensor.set_data_from_numpy(np.array([photo], dtype=np.object_), binary_data=True)
+            return MODEL, [tensor], [module.InferRequestedOutput("output", binary_data=True)]
+        tensor.set_data_from_numpy(np.array([photo], dtype=np.object_))
+        return MODEL, [tensor], [module.InferRequestedOutput("output")]
+
+    return build
+
+
 def measure(transport: str, http_target: str, grpc_target: str, photos, clients: int, seconds: float) -> dict:
     if transport == "rest":
         import tritonclient.http.aio as module
 
         def make():
             return module.InferenceServerClient(http_target, conn_limit=clients)
+
+        build = this_server_call(module, binary=True)
     else:
         import tritonclient.grpc.aio as module
 
         def make():
             return module.InferenceServerClient(grpc_target)
 
-    return asyncio.run(_closed_loop(make, module, photos, clients, seconds))
+        build = this_server_call(module, binary=False)
+    return asyncio.run(closed_loop(make, build, photos, clients, seconds))
 
 
 def main(argv=None) -> dict:

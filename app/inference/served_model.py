@@ -118,9 +118,7 @@ class ServedModel:
         self._supervisor: asyncio.Task | None = None
         self._waiting = self.metrics.images_waiting.labels(self.name)
 
-    # --- lifecycle -------------------------------------------------------------------------
-
-    # The lifecycle's answers, for the registry and the data plane (which never change it).
+    # --- lifecycle: its answers, for the registry and the data plane, which never change it -
 
     @property
     def load_at_startup(self) -> bool:

@@ -49,16 +49,22 @@ def test_overload_answers_503_with_retry_after_at_once(tiny_models, tmp_path):
         assert _post(server, image_request([data_uri(GOOD)])).status_code == 200
 
 
+SLOW_FORWARD_S = 2.0
+
+
 @pytest.fixture
 def slow_model(tiny_models, tmp_path):
-    """A real server whose model takes 1 s per forward pass (failure injection)."""
+    """A real server whose model takes SLOW_FORWARD_S per forward pass (failure injection);
+    `forward_started` is set when one begins."""
     settings = server_settings(tiny_models["dinov2"], tmp_path, max_batch_size=1)
     with run_server(settings) as server:
         batcher = server.served.batcher
         real = batcher.run_batch
+        server.forward_started = threading.Event()
 
         def slow(pixels, requests):
-            time.sleep(1.0)
+            server.forward_started.set()
+            time.sleep(SLOW_FORWARD_S)
             return real(pixels, requests)
 
         batcher.run_batch = slow
@@ -69,11 +75,14 @@ def test_a_request_past_its_deadline_is_dropped_not_computed(slow_model):
     stats_url = f"{slow_model.url}/v2/models/{slow_model.model}/stats"
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(_post, slow_model, image_request([data_uri(GOOD)]))
-        time.sleep(0.3)  # the model is busy with it
+        # The model is busy with it (waited for, not slept: on a loaded machine the busy
+        # request's decoding can take longer than any fixed pause, and the late one's image
+        # would then reach the idle model first).
+        assert slow_model.forward_started.wait(30)
         late = _post(slow_model, image_request([data_uri(GOOD)] * 3) | {"parameters": {"timeout": 200_000}})
         assert late.status_code == 504 and "200 ms" in late.json()["error"]
         assert busy.result().status_code == 200
-    time.sleep(1.5)  # had the three images been queued for the model, they would run now
+    time.sleep(SLOW_FORWARD_S + 0.5)  # had the three images been queued, one would have run by now
     assert httpx.get(stats_url).json()["model_stats"][0]["inference_count"] == 1
 
 

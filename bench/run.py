@@ -120,6 +120,12 @@ def server_flags(args) -> list[str]:
     return flags
 
 
+def app_command(folder: Path, name: str, port: int, *flags: str) -> list[str]:
+    """`python -m app` serving the model in `folder` as `name` on 127.0.0.1:`port`."""
+    command = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", name]
+    return [*command, "--host", "127.0.0.1", "--port", str(port), *flags]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -279,20 +285,7 @@ def main(argv=None) -> dict:
         files = write_photos(photos, sizes)
         static_port, server_port = free_port(), free_port()
         static = [sys.executable, "-m", "bench.static_server", tmp, str(static_port)]
-        server = [
-            sys.executable,
-            "-m",
-            "app",
-            "--model-id",
-            str(folder),
-            "--model-name",
-            "bench",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(server_port),
-            *server_flags(args),
-        ]
+        server = app_command(folder, "bench", server_port, *server_flags(args))
         base = f"http://127.0.0.1:{server_port}"
         with (
             process(static, f"http://127.0.0.1:{static_port}/", env),

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.load import run_load
-from bench.run import ROOT, free_port, process
+from bench.run import ROOT, app_command, free_port, process
 
 TEXTS = ["a photo of a cat", "a red car at night", "two dogs on a beach", "a bowl of soup", "a city skyline"]
 
@@ -99,23 +99,9 @@ def main(argv=None) -> dict:
     print(f"raw text forward (texts/s by batch): {raw}", flush=True)
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
-    server = [
-        sys.executable,
-        "-m",
-        "app",
-        "--model-id",
-        str(folder),
-        "--model-name",
-        "clip",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--max-batch-size",
-        str(args.max_batch_size),
-    ]
+    server = app_command(
+        folder, "clip", port, "--device", "cpu", "--max-batch-size", str(args.max_batch_size)
+    )
     base = f"http://127.0.0.1:{port}"
     cells = []
     with process(server, f"{base}/v2/health/ready", env):

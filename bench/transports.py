@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import prepare_model
-from bench.run import free_port, process, write_photos
+from bench.run import app_command, free_port, process, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench"
@@ -116,25 +115,17 @@ def main(argv=None) -> dict:
         names = write_photos(Path(tmp), [size])[size]
         photos = [(Path(tmp) / name).read_bytes() for name in names]
     port, grpc_port = free_port(), free_port()
-    server = [
-        sys.executable,
-        "-m",
-        "app",
-        "--model-id",
-        str(folder),
-        "--model-name",
+    server = app_command(
+        folder,
         MODEL,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        port,
         "--grpc-port",
         str(grpc_port),
         "--model-cache-dir",
         str(args.cache),
         "--max-queue-images",
         "4096",
-    ]
+    )
     rounds = []
     with process(server, f"http://127.0.0.1:{port}/v2/health/ready", env):
         for round_ in range(args.rounds):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import prepare_model
-from bench.run import free_port, process, write_photos
+from bench.run import app_command, free_port, process, write_photos
 from bench.transports import MODEL, closed_loop, this_server_call
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,9 +111,10 @@ def main(argv=None) -> dict:
         results["triton"][name] = result
         print(json.dumps({"triton": name, **result}), flush=True)
     port, grpc_port = free_port(), free_port()
-    server = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", MODEL]
-    server += ["--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port)]
-    server += ["--model-cache-dir", str(args.cache), "--max-queue-images", "4096"]
+    server = app_command(
+        folder, MODEL, port, "--grpc-port", str(grpc_port), "--model-cache-dir", str(args.cache)
+    )
+    server += ["--max-queue-images", "4096"]
     with process(server, f"http://127.0.0.1:{port}/v2/health/ready", env):
         results["this_server"] = measure(
             f"127.0.0.1:{grpc_port}",

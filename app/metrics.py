@@ -78,7 +78,10 @@ class ServiceMetrics:
             registry=registry,
         )
         self.images_waiting = Gauge(
-            "embed_images_waiting", "Images admitted and not yet answered", model, registry=registry
+            "embed_images_waiting",
+            "Inputs (images and texts) admitted and not yet answered",
+            model,
+            registry=registry,
         )
         self.in_flight = Gauge(
             "embed_requests_in_flight", "HTTP requests and gRPC calls being served", registry=registry

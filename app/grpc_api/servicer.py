@@ -47,7 +47,8 @@ def _rpc(handler):
     @functools.wraps(handler)
     async def call(self: InferenceServicer, request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
-        code, message, trailers = grpc.StatusCode.OK, "", ()
+        code, message = grpc.StatusCode.OK, ""
+        trailers: tuple[tuple[str, str], ...] = ()
         fields: dict = {}
         self.metrics.in_flight.inc()
         try:
@@ -57,7 +58,7 @@ def _rpc(handler):
             raise
         except ServiceError as exc:
             code, message = grpc_status(exc), exc.message
-            trailers = tuple((k.lower(), v) for k, v in getattr(exc, "headers", {}).items())  # type: ignore[assignment]
+            trailers = tuple((k.lower(), v) for k, v in getattr(exc, "headers", {}).items())
             release_frames(exc)
         except Exception as exc:  # noqa: BLE001 - answered as INTERNAL, logged with its traceback
             log.exception("unhandled error in gRPC %s", method)

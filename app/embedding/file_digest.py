@@ -12,14 +12,30 @@ def folder_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+# Digests already computed in this process, by the files' paths, sizes and mtimes: one start-up
+# asks for a model folder's digest once per OpenVINO candidate and again for RUNTIME=auto's
+# decision, and reading a multi-GB model each time would cost seconds every time.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def folder_digest(folder: Path) -> str:
     """sha256 over each file's relative path and contents: renaming or editing any file changes it."""
+    files = folder_files(folder)
+    stats = [path.stat() for path in files]
+    signature = (
+        str(folder),
+        *((str(p), s.st_size, s.st_mtime_ns) for p, s in zip(files, stats, strict=True)),
+    )
+    cached = _DIGESTS.get(signature)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
-    for path in folder_files(folder):
+    for path in files:
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         with open(path, "rb") as file:
             digest.update(hashlib.file_digest(file, "sha256").digest())
-    return digest.hexdigest()
+    _DIGESTS[signature] = digest.hexdigest()
+    return _DIGESTS[signature]
 
 
 def file_sha256(path: Path) -> str:

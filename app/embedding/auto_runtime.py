@@ -28,7 +28,7 @@ from PIL import Image
 
 from app.cpus import usable_cpus
 from app.embedding.backend import PoolRequest, RuntimeBackend
-from app.embedding.fidelity import l2_normalised
+from app.embedding.fidelity import compare
 from app.embedding.file_digest import folder_digest
 from app.settings.model import (
     DTypeSetting,
@@ -107,7 +107,7 @@ def resolve(settings: ModelSettings) -> ModelSettings:
     source = resolve_source(settings)
     folder = local_folder(source)
     if is_export(folder):  # an OpenVINO export given as the model: only OpenVINO runs it
-        return _only_hints(settings, RuntimeSetting.OPENVINO)
+        return _given_export(settings)
     cache = _decision_path(settings, folder, source.model_id)
     decision = _read(cache)
     if decision is not None:
@@ -126,11 +126,11 @@ def resolve(settings: ModelSettings) -> ModelSettings:
     return decision.settings(settings)
 
 
-def _only_hints(settings: ModelSettings, runtime: RuntimeSetting) -> ModelSettings:
+def _given_export(settings: ModelSettings) -> ModelSettings:
     hint = settings.openvino_hint
     if hint == OpenVinoHint.AUTO:
         hint = OpenVinoHint.THROUGHPUT  # a given export is served as it is, without measuring
-    return settings.model_copy(update={"runtime": runtime, "openvino_hint": hint})
+    return settings.model_copy(update={"runtime": RuntimeSetting.OPENVINO, "openvino_hint": hint})
 
 
 def _torch_only(settings: ModelSettings) -> str | None:
@@ -249,11 +249,7 @@ def _pooled(backend: RuntimeBackend, pixels: np.ndarray) -> dict[str, np.ndarray
 
 def _min_cosine(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
     common = set(expected) & set(got)
-    if not common:
-        return 0.0
-    return min(
-        float(np.min(np.sum(l2_normalised(expected[p]) * l2_normalised(got[p]), axis=1))) for p in common
-    )
+    return min((compare(expected[p], got[p]).min_cosine for p in common), default=0.0)
 
 
 def _measure(

@@ -56,6 +56,16 @@ def calibration_of_three(tmp_path_factory) -> Path:
 
 def _cases(tiny_models, text_models, calibration: Path, missing: Path):
     dinov2, clip = str(tiny_models["dinov2"]), str(text_models["clip"])
+    int8 = [
+        "--model-id",
+        dinov2,
+        "--runtime",
+        "openvino",
+        "--quantize",
+        "int8",
+        "--calibration-dir",
+        str(calibration),
+    ]
     return {
         "DEVICE=cuda without CUDA": (
             ["--model-id", dinov2, "--device", "cuda"],
@@ -77,31 +87,13 @@ def _cases(tiny_models, text_models, calibration: Path, missing: Path):
             "unset it for the family's default (cls)",
         ),
         "QUANTIZE=int8 with 3 calibration images": (
-            [
-                "--model-id",
-                dinov2,
-                "--runtime",
-                "openvino",
-                "--quantize",
-                "int8",
-                "--calibration-dir",
-                str(calibration),
-            ],
+            int8,
             "",
             2,
             f"invalid settings: CALIBRATION_DIR={calibration}: 3 files; QUANTIZE=int8 needs at least 8",
         ),
         "QUANTIZE=int8 without nncf": (
-            [
-                "--model-id",
-                dinov2,
-                "--runtime",
-                "openvino",
-                "--quantize",
-                "int8",
-                "--calibration-dir",
-                str(calibration),
-            ],
+            int8,
             "sys.modules['nncf'] = None",
             2,
             "invalid settings: QUANTIZE=int8 needs NNCF, which is not installed: pip install -r "

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from app.settings import Settings
 
+SECRET_SETTINGS = {"CACHE_URL", "MODEL_CONTROL_TOKEN"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -45,7 +47,9 @@ def load_settings(argv: list[str] | None = None) -> Settings:
                 sys.stderr.write(f"invalid settings: {error['msg'].removeprefix('Value error, ')}\n")
                 continue
             setting = str(error["loc"][0]).upper()
-            sys.stderr.write(f"invalid setting {setting}={error.get('input')!r}: {error['msg']}\n")
+            # A URL or token may carry a password: its value stays out of the output.
+            shown = "(hidden)" if setting in SECRET_SETTINGS else repr(error.get("input"))
+            sys.stderr.write(f"invalid setting {setting}={shown}: {error['msg']}\n")
         raise SystemExit(2) from None
 
 

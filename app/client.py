@@ -17,7 +17,8 @@ with its message, and the rest of its batch goes on. Results are written in part
 arrive (`<out>.parts/`), so Ctrl-C or a crash leaves everything finished so far; the output
 file (Parquet: id, source, embedding; or .npy with `<out>.ids.jsonl`, one JSON object a
 line, whatever characters the names hold) is assembled from them at the end, and a second
-run skips every id already written. Light on purpose: httpx, numpy, tqdm, pyarrow; no torch.
+run skips every id already written. Files with identical bytes (one photo under two names)
+are sent once per run: every name gets its row. Light on purpose: httpx, numpy, tqdm, pyarrow; no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -32,6 +34,7 @@ import random
 import struct
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,9 @@ from app.installed import is_installed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 FLUSH_ROWS = 1024  # rows per part file
+# Embeddings kept for files seen earlier in the run, to answer later files with the same
+# bytes; past it the oldest are forgotten (a twin that late is sent, the server's cache answers).
+KNOWN_CONTENT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,9 @@ class BulkEmbedder:
         self.embedded = 0
         self.dim: int | None = None  # the first answer's; an answer of another size fails its batch
         self._servers = itertools.cycle(settings.servers)
+        # sha256 of a file's bytes -> its embedding, or why it failed (a future while in flight).
+        self._contents: OrderedDict[bytes, asyncio.Future] = OrderedDict()
+        self._content_bytes = 0
 
     async def run(self, items: list[Item]) -> None:
         batches: asyncio.Queue[list[Item]] = asyncio.Queue()
@@ -308,17 +317,62 @@ class BulkEmbedder:
         self.failures.append({"id": item.id, "source": item.source, "error": message})
 
     async def _embed(self, client: httpx.AsyncClient, batch: list[Item]) -> None:
-        elements, live = [], []
+        elements: list[bytes] = []
+        live: list[Item] = []
+        owned: dict[str, asyncio.Future] = {}  # item id -> the future of its bytes, for its twins
+        twins: list[tuple[Item, asyncio.Future]] = []  # items whose bytes another item carries
         for item in batch:
             if item.source.lower().startswith(("http://", "https://")):
                 elements.append(item.source.encode())
                 live.append(item)
                 continue
             try:
-                elements.append(Path(item.source).read_bytes())
-                live.append(item)
+                data = Path(item.source).read_bytes()
             except OSError as exc:
                 self._fail(item, f"cannot read the file: {exc}")
+                continue
+            digest = hashlib.sha256(data).digest()
+            known = self._contents.get(digest)
+            if known is not None:
+                twins.append((item, known))
+                continue
+            self._contents[digest] = owned[item.id] = asyncio.get_running_loop().create_future()
+            elements.append(data)
+            live.append(item)
+        try:
+            await self._send(client, elements, live, owned)
+        finally:
+            for future in owned.values():  # anything not answered: its twins fail with it
+                if not future.done():
+                    future.set_result("its request did not finish")
+        for item, future in twins:
+            outcome = await future
+            if isinstance(outcome, str):
+                self._fail(item, f"same bytes as a file that failed: {outcome}")
+            else:
+                self.pending.append((item.id, item.source, outcome))
+                self.embedded += 1
+        self._forget_old_contents()
+
+    def _settle(self, owned: dict[str, asyncio.Future], item: Item, outcome: np.ndarray | str) -> None:
+        future = owned.get(item.id)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+            if not isinstance(outcome, str):
+                self._content_bytes += outcome.nbytes
+
+    def _forget_old_contents(self) -> None:
+        while self._content_bytes > KNOWN_CONTENT_BYTES and self._contents:
+            digest, future = next(iter(self._contents.items()))
+            if not future.done():
+                break
+            del self._contents[digest]
+            if not isinstance(future.result(), str):
+                self._content_bytes -= future.result().nbytes
+
+    async def _send(
+        self, client: httpx.AsyncClient, elements: list[bytes], live: list[Item], owned: dict
+    ) -> None:
         attempts = {CONNECTION: 0, BUSY: 0, SERVER_ERROR: 0}
         while live:
             server = next(self._servers)
@@ -328,7 +382,9 @@ class BulkEmbedder:
                 attempts[exc.kind] += 1
                 if attempts[exc.kind] > self.settings.retries:
                     for item in live:
-                        self._fail(item, f"gave up after {self.settings.retries} retries ({exc.kind}): {exc}")
+                        message = f"gave up after {self.settings.retries} retries ({exc.kind}): {exc}"
+                        self._fail(item, message)
+                        self._settle(owned, item, message)
                     return
                 wait = self._backoff(attempts[exc.kind]) if exc.wait_s is None else exc.wait_s
                 await asyncio.sleep(min(wait, self.settings.max_retry_after_s))
@@ -336,19 +392,25 @@ class BulkEmbedder:
             except _RefusedElement as refused:
                 # The server names the bad element: list it, send the rest again.
                 self._fail(live[refused.index], refused.message)
+                self._settle(owned, live[refused.index], refused.message)
                 del live[refused.index], elements[refused.index]
                 continue
             except _Refused as refused:
                 for item in live:
                     self._fail(item, refused.message)
+                    self._settle(owned, item, refused.message)
                 return
             finite = np.isfinite(vectors).all(axis=1)
             for item, vector, ok in zip(live, vectors, finite, strict=True):
                 if ok:
-                    self.pending.append((item.id, item.source, vector.copy()))
+                    row = vector.copy()
+                    self.pending.append((item.id, item.source, row))
                     self.embedded += 1
+                    self._settle(owned, item, row)
                 else:
-                    self._fail(item, "the server answered a NaN or infinite embedding")
+                    message = "the server answered a NaN or infinite embedding"
+                    self._fail(item, message)
+                    self._settle(owned, item, message)
             return
 
     def _backoff(self, attempt: int) -> float:

@@ -103,16 +103,23 @@ class DataPlane:
             remaining = await self._ready(model, deadline_s)
             if spec.texts:
                 embeddings, tokenized = await model.embed_texts(
-                    spec.texts, spec.pooling, spec.normalize, remaining
+                    spec.texts, spec.pooling, spec.normalize, remaining, spec.cache
                 )
                 parameters = {"texts_truncated": tokenized.truncated}
             else:
-                embeddings = await model.embed(spec.images, spec.pooling, spec.normalize, remaining)
+                embeddings = await model.embed(
+                    spec.images, spec.pooling, spec.normalize, remaining, spec.cache
+                )
                 parameters = None
             return InferOutcome(model.name, model.model_id, spec, embeddings, parameters)
 
     async def embed(
-        self, name: str, inputs: list[str], modality: str | None = None, dimensions: int | None = None
+        self,
+        name: str,
+        inputs: list[str],
+        modality: str | None = None,
+        dimensions: int | None = None,
+        cache: bool = True,
     ) -> EmbedOutcome:
         """An embeddings API call (OpenAI's): texts, or images as URLs, data URIs or base64,
         each with the model's own pooling, L2-normalised. `modality` defaults to text for a
@@ -133,9 +140,10 @@ class DataPlane:
                     "dimensions",
                 )
             if chosen == TEXT:
-                vectors, tokenized = await model.embed_texts(inputs, None, normalize=True)
+                vectors, tokenized = await model.embed_texts(inputs, None, normalize=True, cache=cache)
                 return EmbedOutcome(model.name, vectors, sum(tokenized.token_counts))
-            return EmbedOutcome(model.name, await model.embed(inputs, None, normalize=True), 0)
+            vectors = await model.embed(inputs, None, normalize=True, cache=cache)
+            return EmbedOutcome(model.name, vectors, 0)
 
     def _check_inputs(self, inputs: list[str], modality: str) -> None:
         if not inputs:

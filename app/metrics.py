@@ -83,6 +83,42 @@ class ServiceMetrics:
             model,
             registry=registry,
         )
+        # The embedding cache (app/cache): per model, and the shared tier's state.
+        self.cache_hits = Counter(
+            "embed_cache_hits",
+            "Inputs answered from the embedding cache, by tier (local, shared)",
+            ["model", "tier"],
+            registry=registry,
+        )
+        self.cache_misses = Counter(
+            "embed_cache_misses", "Inputs not in the embedding cache (computed)", model, registry=registry
+        )
+        self.cache_coalesced = Counter(
+            "embed_cache_coalesced",
+            "Inputs that waited for an identical input being computed instead of computing it again",
+            model,
+            registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "embed_cache_evictions",
+            "Entries pushed out of the local cache (CACHE_BYTES)",
+            model,
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "embed_cache_bytes", "Bytes held by the local embedding cache", model, registry=registry
+        )
+        self.cache_shared_errors = Counter(
+            "embed_cache_shared_errors",
+            "Calls to the shared cache (CACHE_URL) that failed or timed out",
+            model,
+            registry=registry,
+        )
+        self.cache_shared_up = Gauge(
+            "embed_cache_shared_up",
+            "1 while the shared cache (CACHE_URL) answers, 0 while it is skipped as down",
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "embed_requests_in_flight", "HTTP requests and gRPC calls being served", registry=registry
         )

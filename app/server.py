@@ -16,6 +16,7 @@ from app.api import health, models, openai, repository
 from app.api import metrics as metrics_route
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObservabilityMiddleware
+from app.cache.embedding_cache import EmbeddingCache
 from app.dataplane import DataPlane
 from app.grpc_api.server import start_grpc_server
 from app.images.decode import set_pillow_pixel_limit
@@ -68,10 +69,18 @@ def build_app(
     if len(configs) > 1:
         model_host = None  # one thread each: the main thread runs one model loop at a time
     limits = ServingLimits.from_settings(settings)
+    # One cache for every model (CACHE_BYTES is the process's); keys hold each model's identity.
+    cache = EmbeddingCache(settings, metrics)
     registry = ModelRegistry(
         [
             ServedModel(
-                c.settings, preparer, metrics, model_host, load_at_startup=c.load_at_startup, limits=limits
+                c.settings,
+                preparer,
+                metrics,
+                model_host,
+                load_at_startup=c.load_at_startup,
+                limits=limits,
+                cache=cache,
             )
             for c in configs
         ],
@@ -99,6 +108,7 @@ def build_app(
                 await grpc_server.stop(SHUTDOWN_GRACE_S)
             loading.cancel()
             await registry.close()
+            await cache.close()
             preparer.close()
             await fetcher.aclose()
 

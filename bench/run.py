@@ -121,9 +121,11 @@ def server_flags(args) -> list[str]:
 
 
 def app_command(folder: Path, name: str, port: int, *flags: str) -> list[str]:
-    """`python -m app` serving the model in `folder` as `name` on 127.0.0.1:`port`."""
+    """`python -m app` serving the model in `folder` as `name` on 127.0.0.1:`port`. The
+    benchmarks send a few photos again and again: the embedding cache would answer them
+    without the model, so it is off unless `flags` turn it on (bench.cache measures it)."""
     command = [sys.executable, "-m", "app", "--model-id", str(folder), "--model-name", name]
-    return [*command, "--host", "127.0.0.1", "--port", str(port), *flags]
+    return [*command, "--host", "127.0.0.1", "--port", str(port), "--cache-bytes", "0", *flags]
 
 
 def free_port() -> int:

@@ -153,6 +153,23 @@ def image_request(images: list[str], **flags) -> dict:
     return {"inputs": inputs}
 
 
+def scrape(server) -> dict:
+    """{(name, frozenset(labels)): value} of every sample of a server's /metrics (a server
+    in a thread, or an app_process: anything with a `url`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
 def embeddings_of(response: httpx.Response) -> np.ndarray:
     """The embeddings in the original service's `output` JSON string."""
     import json

@@ -24,8 +24,10 @@ from tests.support import (
     embeddings_of,
     encode,
     image_request,
+    metric,
     photo,
     run_server,
+    scrape,
     serve_in_thread,
     server_settings,
     static_server,
@@ -99,6 +101,30 @@ def test_a_url_list_to_npy(server, photos, tmp_path):
     ids = [json.loads(line)["id"] for line in out.with_suffix(".ids.jsonl").read_text().split("\n") if line]
     assert sorted(ids) == sorted(urls) and vectors.shape == (len(NAMES), 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, rtol=1e-5)
+
+
+def test_files_with_the_same_bytes_are_sent_once(server, photos, tmp_path):
+    """Twins within one batch and across batches: one image sent for each distinct content,
+    a row for every name."""
+    folder = tmp_path / "twins"
+    folder.mkdir()
+    originals = sorted(photos.rglob("*.jpg"))
+    for index, path in enumerate(originals):
+        (folder / f"{index}.jpg").write_bytes(path.read_bytes())
+        (folder / f"{index}-copy.jpg").write_bytes(path.read_bytes())
+    (folder / "z-third-copy.jpg").write_bytes(originals[0].read_bytes())
+    before = scrape(server)
+    out = tmp_path / "twins.parquet"
+    assert _run(folder, out, server.url) == 0
+    received = metric(scrape(server), "embed_images_total", model="dinov2") - metric(
+        before, "embed_images_total", model="dinov2"
+    )
+    assert received == len(originals)
+    rows = _rows(out)
+    assert len(rows) == 2 * len(originals) + 1
+    for index in range(len(originals)):
+        assert rows[f"{index}.jpg"].tobytes() == rows[f"{index}-copy.jpg"].tobytes()
+    assert rows["z-third-copy.jpg"].tobytes() == rows["0.jpg"].tobytes()
 
 
 def _die(httpd):

@@ -52,6 +52,8 @@ def test_empty_environment_values_mean_unset(monkeypatch):
         ([], {"DEVICE": "tpu"}, "DEVICE"),
         ([], {"NORMALIZE_EMBEDDINGS": "perhaps"}, "NORMALIZE_EMBEDDINGS"),
         (["--fetch-timeout-s", "-1"], {}, "FETCH_TIMEOUT_S"),
+        ([], {"CACHE_URL": "http://user:hunter2@cache:6379"}, "CACHE_URL"),
+        (["--cache-bytes", "-1"], {}, "CACHE_BYTES"),
     ],
 )
 def test_invalid_value_stops_start_up_with_one_line(args, env, setting):
@@ -67,6 +69,7 @@ def test_invalid_value_stops_start_up_with_one_line(args, env, setting):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"invalid setting {setting}="), result.stderr
+    assert "hunter2" not in result.stderr  # a URL's password is never echoed
 
 
 def test_help_lists_every_setting():

@@ -49,6 +49,9 @@ class EmbeddingsRequest(BaseModel):
     dimensions: int | None = Field(
         None, description="accepted only when equal to the model's embedding size (no model here shortens)"
     )
+    cache: bool = Field(
+        True, description="false: this request neither reads nor writes the embedding cache (not OpenAI's)"
+    )
     user: str | None = None
 
 
@@ -140,7 +143,9 @@ async def _embeddings(request: Request, plane: DataPlane) -> JSONBytesResponse:
         body = await read_body(request, plane.limits.max_request_bytes, reservation)
         parsed = await _parse(body, request.headers.get("content-encoding"), plane.limits)
         inputs = [parsed.input] if isinstance(parsed.input, str) else parsed.input
-        outcome = await plane.embed(parsed.model, inputs, parsed.modality, parsed.dimensions)
+        outcome = await plane.embed(
+            parsed.model, inputs, parsed.modality, parsed.dimensions, cache=parsed.cache
+        )
     finally:
         reservation.release()
     tokens = outcome.input_tokens

@@ -3,13 +3,20 @@ inline data, decode and preprocess in threads (overlapping other requests' forwa
 
 Each image is opened (header only) first; its decoded pixels are then reserved from a
 budget shared by every request, and only then decoded: however many large images arrive
-at once, the pixels held in memory stay under MAX_DECODING_PIXELS."""
+at once, the pixels held in memory stay under MAX_DECODING_PIXELS.
+
+With the embedding cache, each image's bytes (as received: after base64 or the URL fetch)
+are hashed while it is opened, and the cache is consulted before decoding: an image it
+answers is never decoded."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,6 +32,16 @@ from app.settings.server import ServerSettings
 # Errors name the V2 input the elements came from.
 IMAGE_INPUT = "image"
 
+# (element index, sha256 of its bytes) -> an answer that replaces decoding it, or None.
+Consult = Callable[[int, bytes], Awaitable[Any]]
+
+
+@dataclass
+class PreparedImages:
+    pixels: np.ndarray | None  # the decoded elements' inputs, stacked; None if none was decoded
+    decoded: list[int]  # their element indices, in order
+    answered: dict[int, Any]  # the others: what `consult` answered for them
+
 
 class ImagePreparer:
     def __init__(self, settings: ServerSettings, fetcher: ImageFetcher):
@@ -39,15 +56,18 @@ class ImagePreparer:
     async def _in_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
 
-    async def prepare(self, elements: Sequence[str | bytes], preprocessor) -> np.ndarray:
+    async def prepare(
+        self, elements: Sequence[str | bytes], preprocessor, consult: Consult | None = None
+    ) -> PreparedImages:
         """All elements concurrently, within the request's fetch budget; the first failure
-        (by element index) fails the request and cancels the rest."""
+        (by element index) fails the request and cancels the rest. `consult` (the cache)
+        may answer an element from its bytes' digest instead of it being decoded."""
         budget = self.settings.fetch_total_timeout_s
         waiting = _BudgetWait()
         try:
             async with asyncio.timeout(budget), asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._prepare_one(i, e, preprocessor, waiting))
+                    group.create_task(self._prepare_one(i, e, preprocessor, waiting, consult))
                     for i, e in enumerate(elements)
                 ]
         except TimeoutError:
@@ -64,9 +84,18 @@ class ImagePreparer:
             raise BadRequest(f"input 'image': fetching and decoding took longer than {budget:g} s") from None
         except BaseExceptionGroup as failures:
             raise _first_failure(failures) from None
-        return np.stack([task.result() for task in tasks])
+        results = [task.result() for task in tasks]
+        decoded = [i for i, result in enumerate(results) if isinstance(result, _Decoded)]
+        return PreparedImages(
+            np.stack([results[i].pixels for i in decoded]) if decoded else None,
+            decoded,
+            {i: result for i, result in enumerate(results) if not isinstance(result, _Decoded)},
+        )
 
-    async def _prepare_one(self, index: int, element: str | bytes, preprocessor, waiting) -> np.ndarray:
+    async def _prepare_one(
+        self, index: int, element: str | bytes, preprocessor, waiting, consult: Consult | None
+    ) -> Any:
+        digest = consult is not None
         try:
             source = classify(element)
             if source.kind is SourceKind.URL:
@@ -75,16 +104,20 @@ class ImagePreparer:
                     data = await self.fetcher.fetch(source.text)
                 finally:
                     waiting.fetching -= 1
-                image = await self._in_thread(self._open, data, preprocessor)
+                image, sha256 = await self._in_thread(self._open, data, preprocessor, digest)
             else:
                 # base64 of a large photo takes milliseconds: in the thread too, off the event loop.
-                image = await self._in_thread(self._open_inline, source, preprocessor)
+                image, sha256 = await self._in_thread(self._open_inline, source, preprocessor, digest)
+            if consult is not None:
+                answer = await consult(index, sha256)
+                if answer is not None:
+                    return answer
             try:
                 pixels = await self.pixel_budget.acquire(image.width * image.height)
             except asyncio.CancelledError:
                 waiting.stalled = True
                 raise
-            return await self._in_thread_releasing(pixels, self._finish, image, preprocessor)
+            return _Decoded(await self._in_thread_releasing(pixels, self._finish, image, preprocessor))
         except ImageError as exc:
             raise InputError(IMAGE_INPUT, index, exc.message) from None
 
@@ -105,7 +138,9 @@ class ImagePreparer:
         job.add_done_callback(give_back)
         return await asyncio.wrap_future(job)
 
-    def _open_inline(self, source: ImageSource, preprocessor) -> Image.Image:
+    def _open_inline(
+        self, source: ImageSource, preprocessor, digest: bool
+    ) -> tuple[Image.Image, bytes | None]:
         limit = self.settings.max_image_bytes
         if source.kind is not SourceKind.FILE_BYTES and len(source.value) * 3 // 4 > limit * 1.1 + 1024:
             # Base64 far past the limit is refused before decoding it (which holds the GIL).
@@ -122,10 +157,12 @@ class ImagePreparer:
             raise ImageError(
                 f"image is {len(data)} bytes, over the {self.settings.max_image_bytes}-byte limit"
             )
-        return self._open(data, preprocessor)
+        return self._open(data, preprocessor, digest)
 
-    def _open(self, data: bytes, preprocessor) -> Image.Image:
-        return open_image(data, self.settings.max_image_pixels, preprocessor.draft_min_side)
+    def _open(self, data: bytes, preprocessor, digest: bool) -> tuple[Image.Image, bytes | None]:
+        """The image opened (header only), and the sha256 of its bytes when `digest`."""
+        image = open_image(data, self.settings.max_image_pixels, preprocessor.draft_min_side)
+        return image, hashlib.sha256(data).digest() if digest else None
 
     def _finish(self, image: Image.Image, preprocessor) -> np.ndarray:
         rgb = finish_decoding(image, self.settings.max_image_pixels)
@@ -133,6 +170,11 @@ class ImagePreparer:
             return preprocessor(rgb)
         except Exception as exc:  # noqa: BLE001 - an image the processor cannot take is its 400
             raise ImageError(f"cannot preprocess image: {type(exc).__name__}") from None
+
+
+@dataclass
+class _Decoded:
+    pixels: np.ndarray
 
 
 class _BudgetWait:

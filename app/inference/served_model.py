@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.embedding.backend import TEXT, PoolRequest, RuntimeBackend
+from app.cache.embedding_cache import CacheSession, EmbeddingCache
+from app.cache.keys import model_identity
+from app.embedding.backend import IMAGE, TEXT, PoolRequest, RuntimeBackend
+from app.embedding.fidelity import l2_normalised
 from app.embedding.pooling import PoolingStrategy
 from app.embedding.preflight import StartupError
 from app.embedding.selection import load_backend
@@ -95,6 +99,7 @@ class ServedModel:
         loader: Callable[[ModelSettings], RuntimeBackend] = load_backend,
         load_at_startup: bool = True,
         limits: ServingLimits | None = None,
+        cache: EmbeddingCache | None = None,
     ):
         self.settings = settings
         self.limits = limits or ServingLimits()
@@ -106,6 +111,8 @@ class ServedModel:
         self.loader = loader
         self.lifecycle = Lifecycle(load_at_startup)
         self.backend: RuntimeBackend | None = None
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.cache_identity: str | None = None  # the loaded model's (app/cache/keys.py)
         self.batcher: DynamicBatcher | None = None
         self.last_refused_draining = 0.0  # when the drain began or last refused a request
         self.stats = ModelStatistics(self.name, MODEL_VERSION)
@@ -186,6 +193,7 @@ class ServedModel:
             backend = await run_in_passing_thread(lambda: self.loader(self.settings))
             if self.settings.pooling_strategy is not None:
                 backend.check_pooling(self.settings.pooling_strategy)
+            identity = await asyncio.to_thread(self._identity, backend) if self.cache is not None else None
         except Exception as exc:  # noqa: BLE001 - any load failure leaves the model unready
             # The details (paths, repo ids) go to the log only; clients are told to look there.
             # One line: transformers' messages run over several.
@@ -207,11 +215,32 @@ class ServedModel:
         )
         self.metrics.model.labels(*self._info_labels).set(1)
         self.backend = backend
+        self.cache_identity = identity
         self.batcher = self._start_batcher(backend)
         self._supervisor = asyncio.create_task(self._supervise(backend))
         self.last_used = time.monotonic()
         self.lifecycle.loaded()
         log.info("model '%s' loaded in %.1f s", self.name, time.perf_counter() - started)
+
+    def _identity(self, backend: RuntimeBackend) -> str | None:
+        """The cache identity of the loaded model (its files are read once per process), or
+        None: the model is then served without the cache, which is never worth a failed load."""
+        from app.embedding.loader import resolve_source
+        from app.embedding.openvino_export import local_folder
+
+        started = time.perf_counter()
+        try:
+            folder = local_folder(resolve_source(self.settings))
+            identity = model_identity(self.settings, folder, backend.describe())
+        except Exception as exc:  # noqa: BLE001 - any failure: serve, uncached
+            log.warning(
+                "model '%s' is served without the embedding cache: %s: %s", self.name, type(exc).__name__, exc
+            )
+            return None
+        log.info(
+            "model '%s': cache identity %s (%.1f s)", self.name, identity[:16], time.perf_counter() - started
+        )
+        return identity
 
     def _start_batcher(self, backend: RuntimeBackend) -> DynamicBatcher:
         # The batcher's thread runs the model, or hands up to concurrent_batches batches to
@@ -274,6 +303,9 @@ class ServedModel:
             await self._stop_worker()
             self.metrics.model.remove(*self._info_labels)
             self.backend = None
+            self.cache_identity = None
+            if self.cache is not None:
+                self.cache.forget_model(self.name)
             self.lifecycle.unloaded(reason, loads_on_demand)
             # The weights go now, not at the next collection: the next load needs the memory.
             await asyncio.to_thread(gc.collect)
@@ -392,12 +424,13 @@ class ServedModel:
         pooling: PoolingStrategy | None = None,
         normalize: bool | None = None,
         deadline_s: float | None = None,
+        cache: bool = True,
     ) -> np.ndarray:
         """[N, D] float32 embeddings of the images (URLs, data URIs, base64 or file bytes);
         pooling and normalize default to the model's settings, the deadline to
-        REQUEST_TIMEOUT_S."""
+        REQUEST_TIMEOUT_S; `cache=False` neither reads nor writes the embedding cache."""
         backend = self.require_ready()
-        work = self._embed_images(backend, images, pooling, normalize)
+        work = self._embed_images(backend, images, pooling, normalize, cache)
         return await self._admitted(len(images), deadline_s, work, self.metrics.images)
 
     async def embed_texts(
@@ -406,6 +439,7 @@ class ServedModel:
         pooling: PoolingStrategy | None = None,
         normalize: bool | None = None,
         deadline_s: float | None = None,
+        cache: bool = True,
     ) -> tuple[np.ndarray, TokenizedTexts]:
         """[N, D] float32 text embeddings in the image embeddings' joint space (a CLIP or
         SigLIP model with its text tower), and how the texts were tokenized. Batched across
@@ -419,10 +453,25 @@ class ServedModel:
             )
         normalize = self.settings.normalize_embeddings if normalize is None else normalize
 
+        pooling = backend.default_pooling
+
         async def run():
             tokenized = await asyncio.to_thread(backend.tokenize, texts)
-            request = PoolRequest(len(texts), backend.default_pooling, normalize, TEXT)
-            return await self._submit(tokenized.tokens, request), tokenized
+            session = self._cache_session(backend, TEXT, pooling, cache)
+            if session is None:
+                return await self._submit(
+                    tokenized.tokens, PoolRequest(len(texts), pooling, normalize, TEXT)
+                ), tokenized
+            answered = await session.consult_all([hashlib.sha256(t.encode()).digest() for t in texts])
+            todo = [i for i in range(len(texts)) if i not in answered]
+
+            def compute(indices: list[int]) -> Awaitable[np.ndarray]:
+                return self._submit(
+                    tokenized.tokens[indices], PoolRequest(len(indices), pooling, False, TEXT)
+                )
+
+            rows = await session.assemble(len(texts), todo, answered, lambda: compute(todo), compute)
+            return (l2_normalised(rows) if normalize else rows), tokenized
 
         return await self._admitted(len(texts), deadline_s, run(), self.metrics.texts)
 
@@ -457,18 +506,51 @@ class ServedModel:
         images: Sequence[str | bytes],
         pooling: PoolingStrategy | None,
         normalize: bool | None,
+        cache: bool,
     ) -> np.ndarray:
         pooling = pooling or self.default_pooling
         backend.check_pooling(pooling)  # before any download
         normalize = self.settings.normalize_embeddings if normalize is None else normalize
+        session = self._cache_session(backend, IMAGE, pooling, cache)
+        try:
+            prepared = await self._prepare(images, backend, session)
+        except BaseException:
+            if session is not None:
+                session.close()
+            raise
+        if session is None:
+            assert prepared.pixels is not None  # every image was decoded
+            return await self._submit(prepared.pixels, PoolRequest(len(images), pooling, normalize))
+
+        def first() -> Awaitable[np.ndarray]:
+            return self._submit(prepared.pixels, PoolRequest(len(prepared.decoded), pooling, False))
+
+        async def again(indices: list[int]) -> np.ndarray:
+            pixels = (await self._prepare([images[i] for i in indices], backend, None)).pixels
+            return await self._submit(pixels, PoolRequest(len(indices), pooling, False))
+
+        rows = await session.assemble(len(images), prepared.decoded, prepared.answered, first, again)
+        return l2_normalised(rows) if normalize else rows
+
+    async def _prepare(self, images: Sequence[str | bytes], backend: RuntimeBackend, session):
         self._preparing += 1
         started = time.perf_counter()
         try:
-            pixels = await self.preparer.prepare(images, backend.preprocessor)
+            return await self.preparer.prepare(
+                images, backend.preprocessor, session.consult if session is not None else None
+            )
         finally:
             self._preparing -= 1
-        self.metrics.preprocess_seconds.labels(self.name).observe(time.perf_counter() - started)
-        return await self._submit(pixels, PoolRequest(len(images), pooling, normalize))
+            self.metrics.preprocess_seconds.labels(self.name).observe(time.perf_counter() - started)
+
+    def _cache_session(
+        self, backend: RuntimeBackend, modality: str, pooling: PoolingStrategy, wanted: bool
+    ) -> CacheSession | None:
+        if not wanted or self.cache is None or self.cache_identity is None:
+            return None
+        return self.cache.session(
+            self.name, self.cache_identity, modality, pooling, backend.embedding_dim, self.stats
+        )
 
     async def _submit(self, inputs: np.ndarray, request: PoolRequest) -> np.ndarray:
         # An unload that waited REQUEST_TIMEOUT_S for this request may have stopped the

@@ -37,6 +37,8 @@ class ModelStatistics:
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)  # inputs, and the lookups' time
+    cache_miss: Duration = field(default_factory=Duration)
     phases: dict[str, Duration] = field(default_factory=lambda: {p: Duration() for p in PHASES})
     batches: dict[int, dict[str, Duration]] = field(
         default_factory=lambda: defaultdict(lambda: {p: Duration() for p in PHASES})
@@ -54,6 +56,10 @@ class ModelStatistics:
             for phase, ns in zip(PHASES, by_phase, strict=True):
                 self.phases[phase].add(ns)
                 self.batches[timing.batch_size][phase].add(ns)
+
+    def record_cache(self, hit: bool, lookup_ns: int) -> None:
+        with self._lock:
+            (self.cache_hit if hit else self.cache_miss).add(lookup_ns)
 
     def record_request(self, ok: bool, duration_ns: int) -> None:
         with self._lock:
@@ -73,8 +79,8 @@ class ModelStatistics:
                     "fail": self.fail.as_dict(),
                     "queue": self.queue.as_dict(),
                     **{p: d.as_dict() for p, d in self.phases.items()},
-                    "cache_hit": {"count": 0, "ns": 0},
-                    "cache_miss": {"count": 0, "ns": 0},
+                    "cache_hit": self.cache_hit.as_dict(),
+                    "cache_miss": self.cache_miss.as_dict(),
                 },
                 "batch_stats": [
                     {"batch_size": size, **{p: d.as_dict() for p, d in phases.items()}}

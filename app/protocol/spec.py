@@ -45,6 +45,7 @@ class EmbedRequestSpec:
     normalize: bool | None  # None: the server default
     outputs: list[OutputChoice]
     timeout_us: int | None
+    cache: bool = True  # parameters.cache=false: neither read nor write the embedding cache
 
 
 def input_admission(limits: SizeLimits):
@@ -115,6 +116,7 @@ def build_spec(parsed: ParsedRequest, limits: SizeLimits) -> EmbedRequestSpec:
         normalize=_flag(tensors.get("normalize")),
         outputs=choose_outputs(parsed, bool(include_raw)),
         timeout_us=_timeout(parameters.get("timeout")),
+        cache=_bool_parameter(parameters.get("cache"), "cache") is not False,
     )
 
 

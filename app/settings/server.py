@@ -155,6 +155,50 @@ class ServerSettings(BaseSettings):
             )
         return value
 
+    cache_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=0,
+        le=2**40,
+        description="in-process embedding cache, in bytes (LRU; keyed by the input's bytes and the model's "
+        "files, runtime, precision and pooling); 0: off",
+    )
+    cache_url: str | None = Field(
+        None,
+        description="shared embedding cache across replicas: redis://[:password@]host:port/db, rediss:// "
+        "(TLS) or unix:// (Redis or Valkey); unset: local cache only",
+    )
+    cache_ttl_s: float = Field(
+        7 * 86400, gt=0, le=365 * 86400, description="CACHE_URL: how long a shared entry lives"
+    )
+    cache_timeout_ms: float = Field(
+        5.0,
+        gt=0,
+        le=10_000,
+        description="CACHE_URL: longest one call to the shared cache may take; past it the input is a "
+        "miss (a cache down is skipped for 2 s, then tried again)",
+    )
+    cache_key_prefix: str = Field(
+        "embed:",
+        max_length=256,
+        description="CACHE_URL: prefix of every key this server writes (a Redis shared with other "
+        "applications or tenants: give each its own)",
+    )
+    cache_max_entry_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="largest embedding stored in either cache, in bytes (larger ones are computed each time)",
+    )
+
+    @field_validator("cache_url")
+    @classmethod
+    def _check_cache_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if value.split("://", 1)[0].lower() not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix:// (a Redis or Valkey server)")
+        return value.strip()
+
     log_level: str = Field("info", description="debug, info, warning, error")
     log_format: str = Field(
         "text", pattern="^(text|json)$", description="text, or json (one object per line)"

@@ -11,36 +11,24 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import app_process, data_uri, encode, image_request, photo, static_server
+from tests.support import app_process, data_uri, encode, image_request, metric, photo, scrape, static_server
 
 IMAGE = data_uri(encode(photo("coffee").resize((96, 64))))
 INFER = "/v2/models/{model_name}/infer"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def scrape(server) -> dict:
-    """{(name, frozenset(labels)): value} of every sample."""
-    text = httpx.get(f"{server.url}/metrics").text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples, name, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 def test_metrics_move_by_the_right_amounts(dinov2_server):
     before = scrape(dinov2_server)
     for count in (1, 3, 2):
-        assert httpx.post(dinov2_server.infer_url(), json=image_request([IMAGE] * count)).status_code == 200
+        # The cache off: each copy of the image is computed, the counts are the forwards'.
+        body = image_request([IMAGE] * count) | {"parameters": {"cache": False}}
+        assert httpx.post(dinov2_server.infer_url(), json=body).status_code == 200
     assert httpx.post(dinov2_server.infer_url(), json={"inputs": []}).status_code == 400
     after = scrape(dinov2_server)
 
     def delta(name, **labels):
-        return value(after, name, **labels) - value(before, name, **labels)
+        return metric(after, name, **labels) - metric(before, name, **labels)
 
     model = {"model": dinov2_server.model}  # per-model series carry the model's name
     assert delta("embed_images_total", **model) == 6
@@ -54,8 +42,8 @@ def test_metrics_move_by_the_right_amounts(dinov2_server):
     assert delta("embed_queue_duration_seconds_count", **model) == 3
     assert delta("embed_compute_duration_seconds_count", **model) == executions
     assert delta("embed_preprocess_duration_seconds_count", **model) == 3
-    assert value(after, "embed_images_waiting", **model) == 0
-    assert value(after, "embed_model_load_duration_seconds", **model) > 0
+    assert metric(after, "embed_images_waiting", **model) == 0
+    assert metric(after, "embed_model_load_duration_seconds", **model) > 0
     info = [labels for (name, labels) in after if name == "embed_model_info"]
     assert info and dict(info[0])["device"] == "cpu" and dict(info[0])["model"] == "dinov2-large"
 

@@ -133,10 +133,15 @@ def test_tritonclient_sync_every_call(server, photos, rest, image_url):
 
         stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
         rest_stats = httpx.get(f"{server.url}/v2/models/{MODEL}/stats").json()["model_stats"][0]
-        assert int(stats["inference_count"]) == rest_stats["inference_count"] >= 5
+        assert int(stats["inference_count"]) == rest_stats["inference_count"] >= 1
         assert (
             int(stats["inference_stats"]["success"]["count"])
             == rest_stats["inference_stats"]["success"]["count"]
+            >= 5
+        )
+        assert (
+            int(stats["inference_stats"]["cache_hit"]["count"])
+            == rest_stats["inference_stats"]["cache_hit"]["count"]
         )
         index = client.get_model_repository_index(as_json=True)["models"]
         assert index == [{"name": MODEL, "version": "1", "state": "READY"}]  # empty reason is omitted

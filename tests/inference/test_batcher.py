@@ -37,6 +37,7 @@ def server(request, tiny_models, tmp_path_factory):
         max_batch_wait_ms=50,
         runtime=request.param,
         model_cache_dir=folder / "cache",
+        cache_bytes=0,  # the photos repeat: with the cache, most would never reach the batcher
     )
     with run_server(settings) as running:
         concurrent = running.served.backend.concurrent_batches

@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.load import run_load
 from bench.models import prepare_model
-from bench.run import ROOT, app_command, free_port, process
+from bench.run import ROOT, app_command, cpu_seconds, free_port, process
 
 MODEL = "bench"
 HOT_SET = 64
@@ -96,12 +96,6 @@ def cache_counts(base: str) -> dict:
         "misses": inference["cache_miss"]["count"],
         "forwards": stats["inference_count"],
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cell(server: tuple[str, int], bodies: list[bytes], clients: int, seconds: float) -> dict:

@@ -98,6 +98,15 @@ def _worker_rates(settings_fields: dict, barrier, batches: tuple[int, ...], seco
     results.put(rates)
 
 
+def forward_cpu_ms_per_image(embedder, batch: int, seconds: float) -> float:
+    """This process's CPU time (every thread: the runtime's own pools too) per image while
+    the configured forward runs at `batch`: what the server's CPU per image is set against."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    rate = configured(embedder, (batch,), seconds)[batch]
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return 1000 * cpu / (rate * wall)
+
+
 def batch_one_latency_ms(embedder, repeats: int = 20) -> float:
     from app.embedding.backend import PoolRequest
 

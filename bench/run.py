@@ -27,7 +27,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.forward import batch_one_latency_ms, configured, configured_in_workers, eager_fp32
+from bench.forward import (
+    batch_one_latency_ms,
+    configured,
+    configured_in_workers,
+    eager_fp32,
+    forward_cpu_ms_per_image,
+)
 from bench.load import run_load
 from bench.models import prepare_model
 
@@ -233,6 +239,9 @@ def measure_forward(args, folder: Path) -> dict:
         config = configured_in_workers(fields, args.workers, batches, seconds)
     else:
         config = configured(embedder, batches, seconds)
+    best_batch = max(config, key=config.get)
+    # The same forward's CPU per image (one worker: with several, the server's CPU is not one process's).
+    cpu_per_image = forward_cpu_ms_per_image(embedder, best_batch, seconds) if args.workers == 1 else None
     # A lone request runs in one worker, with that worker's share of the cores.
     embedder.adopt_thread()
     latency = batch_one_latency_ms(embedder)
@@ -245,7 +254,14 @@ def measure_forward(args, folder: Path) -> dict:
         "eager_fp32_best": max(eager.values()),
         "configured_best": max(config.values()),
         "batch1_latency_ms": latency,
+        "forward_cpu_ms_per_image": cpu_per_image,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_statistics(base: str) -> dict:
@@ -265,6 +281,15 @@ def server_time_split(before: dict | None, after: dict | None) -> dict:
         return (after[key]["ns"] - before[key]["ns"]) / count / 1e6 if count else float("nan")
 
     return {"server_request_ms": mean_ms("success"), "server_forward_ms": mean_ms("compute_infer")}
+
+
+def server_cpu_ms_per_image(before: dict | None, after: dict | None, cpu_s: float, per_request: int) -> float:
+    """The server process's CPU per image answered over a cell (its warm-up included, as
+    in the requests counted); nan with several workers (other processes)."""
+    if before is None or after is None:
+        return float("nan")
+    images = (after["success"]["count"] - before["success"]["count"]) * per_request
+    return 1000 * cpu_s / images if images else float("nan")
 
 
 def main(argv=None) -> dict:
@@ -291,7 +316,7 @@ def main(argv=None) -> dict:
         base = f"http://127.0.0.1:{server_port}"
         with (
             process(static, f"http://127.0.0.1:{static_port}/", env),
-            process(server, f"{base}/v2/health/ready", env),
+            process(server, f"{base}/v2/health/ready", env) as server_process,
         ):
             host = f"http://127.0.0.1:{static_port}"
             for size in sizes:
@@ -303,11 +328,21 @@ def main(argv=None) -> dict:
                         bodies = request_bodies(files[size], photos, host, transport, per_request)
                         # Each worker process counts its own statistics: read them with one only.
                         before = server_statistics(base) if args.workers == 1 else None
+                        cpu = cpu_seconds(server_process.pid)
                         result = run_load(
                             f"{base}/v2/models/bench/infer", bodies, per_request, clients, args.seconds
                         )
+                        cpu = cpu_seconds(server_process.pid) - cpu
+                        after = server_statistics(base) if before else None
                         cell = {"size": f"{size[0]}x{size[1]}", "transport": transport, **asdict(result)}
-                        cell.update(server_time_split(before, server_statistics(base) if before else None))
+                        cell.update(server_time_split(before, after))
+                        cell["server_cpu_ms_per_image"] = server_cpu_ms_per_image(
+                            before, after, cpu, per_request
+                        )
+                        if forward["forward_cpu_ms_per_image"]:
+                            cell["server_cpu_over_forward_cpu"] = (
+                                cell["server_cpu_ms_per_image"] / forward["forward_cpu_ms_per_image"]
+                            )
                         cell["vs_configured_forward"] = result.images_per_second / forward["configured_best"]
                         cell["vs_eager_fp32"] = result.images_per_second / forward["eager_fp32_best"]
                         cells.append(cell)
@@ -330,12 +365,15 @@ def main(argv=None) -> dict:
 
 
 def format_row(cell: dict) -> str:
+    ratio = cell.get("server_cpu_over_forward_cpu", float("nan"))
     return (
         f"| {cell['size']} | {cell['transport']} | {cell['clients']} | {cell['images_per_request']} "
         f"| {cell['images_per_second']:.1f} | {cell['p50_ms']:.0f} | {cell['p95_ms']:.0f} "
         f"| {cell['p99_ms']:.0f} "
         f"| {cell['vs_configured_forward']:.2f}x | {cell['vs_eager_fp32']:.2f}x "
-        f"| {cell['server_request_ms']:.0f} | {cell['server_forward_ms']:.0f} | {cell['errors']} |"
+        f"| {cell['server_request_ms']:.0f} | {cell['server_forward_ms']:.0f} "
+        f"| {cell['server_cpu_ms_per_image']:.2f} ({ratio:.2f}x) "
+        f"| {cell['errors']} |"
     )
 
 
@@ -347,13 +385,16 @@ def markdown(report: dict) -> str:
         f"Model `{report['model']}`, server flags `{' '.join(report['flags'])}`.",
         f"Raw forward, best batch: eager fp32 {forward['eager_fp32_best']:.1f} img/s, "
         f"this configuration {forward['configured_best']:.1f} img/s ({processes}); "
-        f"batch-1 forward {forward['batch1_latency_ms']:.1f} ms (one worker's threads).",
+        f"batch-1 forward {forward['batch1_latency_ms']:.1f} ms (one worker's threads); "
+        f"the forward's CPU per image {forward['forward_cpu_ms_per_image'] or float('nan'):.2f} ms.",
         "Server ms: mean time per request inside the server, and per forward pass it ran (its "
-        "statistics; nan with several workers, each of which counts its own).",
+        "statistics; nan with several workers, each of which counts its own). Server CPU: the "
+        "server process's CPU time per image answered, and its ratio to the forward's.",
         "",
         "| photo | sent as | clients | images/request | img/s | p50 ms | p95 ms | p99 ms "
-        "| vs configured forward | vs eager fp32 | server ms/request | server ms/forward | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs configured forward | vs eager fp32 | server ms/request | server ms/forward "
+        "| server CPU ms/img | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(format_row(cell) for cell in report["cells"]),
     ]
     return "\n".join(lines)

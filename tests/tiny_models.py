@@ -48,6 +48,13 @@ def _builders():
             ),
             lambda: _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32),
         ),
+        # MetaCLIP 2's image tower alone (its full model with a tokenizer: build_text_model).
+        "metaclip_2_vision_model": (
+            lambda: tf.MetaClip2VisionModelWithProjection(
+                tf.MetaClip2VisionConfig(**VIT, image_size=32, patch_size=8, projection_dim=20)
+            ),
+            lambda: _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32),
+        ),
         "siglip": (
             lambda: tf.SiglipModel(
                 tf.SiglipConfig(text_config=TEXT, vision_config=dict(**VIT, image_size=32, patch_size=8))
@@ -110,11 +117,11 @@ def build_tiny_model(family: str, folder: Path) -> Path:
     return folder
 
 
-# Text towers (issue: text-to-image search): full CLIP and SigLIP models with working
-# tokenizers built offline: a small byte-level BPE vocabulary for CLIP, a small trained
-# sentencepiece model for SigLIP. Real sequence lengths (77, 64): padding is part of what
-# is tested.
-TEXT_FAMILIES = ("clip", "siglip")
+# Text towers (issue: text-to-image search): full CLIP, MetaCLIP 2 and SigLIP models with
+# working tokenizers built offline: a small byte-level BPE vocabulary for CLIP, small trained
+# sentencepiece models for SigLIP and for MetaCLIP 2's XLM-RoBERTa tokenizer. Real sequence
+# lengths (77, 64): padding is part of what is tested.
+TEXT_FAMILIES = ("clip", "metaclip_2", "siglip")
 _CORPUS = [
     "a photo of a cat",
     "a photo of a dog",
@@ -141,7 +148,7 @@ def _clip_tokenizer(folder: Path):
     return tokenizer
 
 
-def _siglip_tokenizer(folder: Path):
+def _sentencepiece_model(**ids) -> bytes:
     import io
 
     import sentencepiece
@@ -152,15 +159,34 @@ def _siglip_tokenizer(folder: Path):
         model_writer=model,
         vocab_size=80,
         model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
         hard_vocab_limit=False,
         minloglevel=2,
+        **ids,
     )
+    return model.getvalue()
+
+
+def _xlm_roberta_tokenizer(folder: Path):
+    """MetaCLIP 2's tokenizer class (XLM-RoBERTa's layout: <s>, <pad>, </s>, <unk>, the
+    pieces, <mask>) over a small trained vocabulary."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_proto=_sentencepiece_model())
+    pieces = [
+        (processor.id_to_piece(i), processor.get_score(i))
+        for i in range(processor.get_piece_size())
+        if not processor.is_control(i) and not processor.is_unknown(i)
+    ]
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    tokenizer = tf.XLMRobertaTokenizer(vocab=specials + pieces + [("<mask>", 0.0)], model_max_length=77)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _siglip_tokenizer(folder: Path):
+    model = _sentencepiece_model(pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spiece.model").write_bytes(model.getvalue())
+    (folder / "spiece.model").write_bytes(model)
     tokenizer = tf.SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
     tokenizer.save_pretrained(folder)
     return tokenizer
@@ -181,6 +207,19 @@ def build_text_model(family: str, folder: Path) -> Path:
             pad_token_id=tokenizer.pad_token_id,
         )
         model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+        processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
+    elif family == "metaclip_2":
+        tokenizer = _xlm_roberta_tokenizer(folder)
+        text = dict(
+            TEXT,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        config = tf.MetaClip2Config(text_config=text, vision_config=vision, projection_dim=24)
+        model = tf.MetaClip2Model(config)
         processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
     else:
         tokenizer = _siglip_tokenizer(folder)

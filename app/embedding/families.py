@@ -12,6 +12,9 @@ from transformers import (
     CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    MetaClip2Model,
+    MetaClip2VisionConfig,
+    MetaClip2VisionModelWithProjection,
     PretrainedConfig,
     PreTrainedModel,
     SiglipModel,
@@ -89,28 +92,40 @@ class VitAdapter(Dinov2Adapter):
 
 
 class ClipAdapter(FamilyAdapter):
-    """The vision tower with its projection: image_embeds, the space the text tower shares."""
+    """The vision tower with its projection: image_embeds, the space the text tower shares.
+    MetaCLIP 2 is CLIP's architecture under its own classes (and a multilingual tokenizer)."""
 
     name = "clip"
     supported = (CLS,)
     default = CLS
+    # The family's full model type: its vision config, vision tower with projection, full model.
+    classes = {
+        "clip": (CLIPVisionConfig, CLIPVisionModelWithProjection, CLIPModel),
+        "metaclip_2": (MetaClip2VisionConfig, MetaClip2VisionModelWithProjection, MetaClip2Model),
+    }
+
+    def __init__(self, config: PretrainedConfig):
+        self.family = config.model_type.removesuffix("_vision_model")
+        self.name = self.family
 
     def load(self, path, config, **kwargs):
-        if config.model_type == "clip":
-            # A full CLIPModel folder: the vision config does not carry the checkpoint's
+        vision_config_class, vision_class, _ = self.classes[self.family]
+        if config.model_type == self.family:
+            # A full two-tower folder: the vision config does not carry the checkpoint's
             # projection size (it defaults to 512), the top-level config does.
-            vision_config = CLIPVisionConfig(**config.vision_config.to_dict())
+            vision_config = vision_config_class(**config.vision_config.to_dict())
             vision_config.projection_dim = config.projection_dim
         else:
             vision_config = config
-        model, info = CLIPVisionModelWithProjection.from_pretrained(
+        model, info = vision_class.from_pretrained(
             path, config=vision_config, output_loading_info=True, **kwargs
         )
         self.check_loading_info(info)
         return model
 
     def load_with_text(self, path, config, tokenizer, **kwargs):
-        full = CLIPModel.from_pretrained(path, config=config, **kwargs)
+        full = self.classes[self.family][2].from_pretrained(path, config=config, **kwargs)
+        # The text tower is CLIP's in both (causal, EOS-pooled): it is padded and masked alike.
         return _ClipImages(full), TextTower(full, tokenizer, "clip")
 
     def check_loading_info(self, info):
@@ -157,7 +172,7 @@ class SiglipAdapter(FamilyAdapter):
 class _ClipImages(torch.nn.Module):
     """A full CLIPModel's image side, answering like CLIPVisionModelWithProjection."""
 
-    def __init__(self, full: CLIPModel):
+    def __init__(self, full: CLIPModel | MetaClip2Model):
         super().__init__()
         self.full = full
 
@@ -214,6 +229,8 @@ _BY_MODEL_TYPE = {
     "vit": VitAdapter,
     "clip": ClipAdapter,
     "clip_vision_model": ClipAdapter,
+    "metaclip_2": ClipAdapter,
+    "metaclip_2_vision_model": ClipAdapter,
     "siglip": SiglipAdapter,
     "siglip_vision_model": SiglipAdapter,
     "swin": TokenAdapter,

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-TEXT_FAMILIES = ("clip", "siglip")
+# Model types whose folders may hold a text tower (MetaCLIP 2's is CLIP's text transformer).
+TEXT_FAMILIES = ("clip", "metaclip_2", "siglip")
 CLIP_LENGTH_BUCKETS = (16, 32, 48)
 
 

@@ -116,7 +116,7 @@ class TorchBackend:
         if self.text is None:
             raise BadRequest(
                 f"model {self.model_id} ({self.model_type}) has no text tower: text embeddings need "
-                "a full CLIP or SigLIP model folder with its tokenizer"
+                "a full CLIP, MetaCLIP 2 or SigLIP model folder with its tokenizer"
             )
         return self.text
 

@@ -161,7 +161,7 @@ def test_openai_text_to_an_image_only_model_names_the_missing_text_tower(dinov2_
         answer = httpx.post(url, json={"model": "dinov2-large", "input": text}, timeout=60)
         assert answer.status_code == 400, answer.text
         assert (
-            "has no text tower: text embeddings need a full CLIP or SigLIP model"
+            "has no text tower: text embeddings need a full CLIP, MetaCLIP 2 or SigLIP model"
             in answer.json()["error"]["message"]
         )
     # An image source is still embedded without saying modality=image.

@@ -39,6 +39,9 @@ def reference(family: str, path, pixels: torch.Tensor) -> dict:
         return {CLS: tf.CLIPModel.from_pretrained(path).get_image_features(pixel_values=pixels).pooler_output}
     if family == "clip_vision_model":
         return {CLS: tf.CLIPVisionModelWithProjection.from_pretrained(path)(pixel_values=pixels).image_embeds}
+    if family == "metaclip_2_vision_model":
+        model = tf.MetaClip2VisionModelWithProjection.from_pretrained(path)
+        return {CLS: model(pixel_values=pixels).image_embeds}
     if family == "siglip":
         out = tf.SiglipModel.from_pretrained(path).vision_model(pixel_values=pixels)
         return {CLS: out.pooler_output, **_tokens(out.last_hidden_state)}
@@ -66,6 +69,7 @@ EXPECTED_DEFAULTS = {
     "dinov2_with_registers": CLS,
     "clip": CLS,
     "clip_vision_model": CLS,
+    "metaclip_2_vision_model": CLS,
     "siglip": CLS,
     "vit": CLS,
     "swin": MEAN,

@@ -50,7 +50,7 @@ def embed_texts(backend, texts, normalize=False) -> np.ndarray:
 def test_text_embeddings_are_the_models_text_features(family, text_models):
     backend = backend_for(text_models[family])
     assert backend.modalities == ("image", "text")
-    assert backend.text.max_length == {"clip": 77, "siglip": 64}[family]
+    assert backend.text.max_length == {"clip": 77, "metaclip_2": 77, "siglip": 64}[family]
     expected = reference_text_features(text_models[family], family, TEXTS, backend.text.max_length)
     torch.testing.assert_close(torch.from_numpy(embed_texts(backend, TEXTS)), expected)
     # One text alone, or in another batch, gets the same row.
@@ -131,7 +131,7 @@ def test_image_embeddings_of_a_full_model_match_its_vision_tower(text_models, ti
 def test_image_only_folders_refuse_text_saying_why(tiny_models, text_models, tmp_path):
     vision_only = backend_for(tiny_models["clip_vision_model"])
     assert vision_only.modalities == ("image",)
-    with pytest.raises(BadRequest, match="has no text tower: text embeddings need a full CLIP or SigLIP"):
+    with pytest.raises(BadRequest, match="has no text tower: text embeddings need a full CLIP, MetaCLIP 2"):
         vision_only.check_text()
     openvino = backend_for(text_models["clip"], runtime="openvino", model_cache_dir=tmp_path)
     with pytest.raises(BadRequest, match="RUNTIME=openvino, which serves image embeddings only"):

@@ -30,6 +30,18 @@ def _builders():
             ),
             lambda: _processor_resize_crop(tf.BitImageProcessorPil, 36, 28),
         ),
+        # DINOv3's own image processor needs torchvision: these carry DINOv2's, so that only
+        # the models are under test (see app/embedding/preprocess.py for real checkpoints).
+        "dinov3_vit": (
+            lambda: tf.DINOv3ViTModel(
+                tf.DINOv3ViTConfig(**VIT, image_size=32, patch_size=8, num_register_tokens=4)
+            ),
+            lambda: _processor_resize_crop(tf.BitImageProcessorPil, 36, 32),
+        ),
+        "dinov3_convnext": (
+            lambda: tf.DINOv3ConvNextModel(tf.DINOv3ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1])),
+            lambda: _processor_resize_crop(tf.BitImageProcessorPil, 36, 32),
+        ),
         # A full CLIPModel checkpoint whose projection size (24) differs from the vision
         # config's default (512): the loader must take the top-level value.
         "clip": (

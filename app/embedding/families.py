@@ -78,6 +78,15 @@ class Dinov2Adapter(FamilyAdapter):
         return patches.mean(dim=1) if strategy == MEAN else patches.amax(dim=1)
 
 
+class Dinov3Adapter(Dinov2Adapter):
+    """DINOv3: the ViT has DINOv2's layout (CLS, registers, patches; pooler_output is the
+    layer-normed CLS); the ConvNeXt puts its layer-normed average-pooled feature first (its
+    pooler_output) and the layer-normed positions after it, with no registers. Either way:
+    CLS = token 0, mean and max over the patch tokens only."""
+
+    name = "dinov3"
+
+
 class VitAdapter(Dinov2Adapter):
     """ViT: layer-normed CLS token; the pooler is never used (classification checkpoints
     have no pooler weights, so it would be random)."""
@@ -226,6 +235,8 @@ class FeatureMapAdapter(FamilyAdapter):
 _BY_MODEL_TYPE = {
     "dinov2": Dinov2Adapter,
     "dinov2_with_registers": Dinov2Adapter,
+    "dinov3_vit": Dinov3Adapter,
+    "dinov3_convnext": Dinov3Adapter,
     "vit": VitAdapter,
     "clip": ClipAdapter,
     "clip_vision_model": ClipAdapter,
@@ -244,7 +255,7 @@ _BY_MODEL_TYPE = {
 # Families whose forward is convolutional: channels_last memory layout helps them.
 CONVOLUTIONAL_MODEL_TYPES = frozenset(
     name for name, adapter in _BY_MODEL_TYPE.items() if adapter is FeatureMapAdapter
-) | {"resnet", "regnet", "efficientnet", "mobilenet_v1"}
+) | {"resnet", "regnet", "efficientnet", "mobilenet_v1", "dinov3_convnext"}
 
 
 def adapter_for(config: PretrainedConfig) -> FamilyAdapter | None:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
 from app.embedding.families import FamilyAdapter, adapter_for
+from app.embedding.image_processor import load_image_processor
 from app.embedding.model_folder import find_model_folder
 from app.embedding.text_tower import TEXT_FAMILIES, TextTower, load_tokenizer
 from app.settings.model import ModelSettings
@@ -65,8 +66,5 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
     else:
         model = FamilyAdapter().load(source.location, config, **kwargs)
     model = model.to(device).eval()
-    try:
-        processor = AutoImageProcessor.from_pretrained(source.location)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{source.location} has no usable image processor config: {exc}") from None
+    processor = load_image_processor(source.location)
     return LoadedModel(source, config, model, processor, adapter, text)

@@ -32,8 +32,8 @@ class OpenVinoBackend:
 
     def __init__(self, folder, info: ExportInfo, settings: ModelSettings):
         import openvino as ov
-        from transformers import AutoImageProcessor
 
+        from app.embedding.image_processor import load_image_processor
         from app.embedding.preprocess import make_preprocessor
 
         self.folder = folder
@@ -44,7 +44,7 @@ class OpenVinoBackend:
         self.input_shape = tuple(info.input_shape)
         self.max_batch_size = settings.max_batch_size
         self.preprocessor = make_preprocessor(
-            AutoImageProcessor.from_pretrained(folder), allow_fast=settings.fast_preprocessing
+            load_image_processor(str(folder)), allow_fast=settings.fast_preprocessing
         )
         # float32 unless asked for bf16: OpenVINO would pick bf16 by itself on CPUs that have it.
         self.inference_precision = "bf16" if settings.dtype == DTypeSetting.BFLOAT16 else "f32"

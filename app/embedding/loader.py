@@ -14,6 +14,7 @@ from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
 from app.embedding.families import FamilyAdapter, adapter_for
 from app.embedding.image_processor import load_image_processor
 from app.embedding.model_folder import find_model_folder
+from app.embedding.preflight import StartupError, remote_code_refusal
 from app.embedding.text_tower import TEXT_FAMILIES, TextTower, load_tokenizer
 from app.settings.model import ModelSettings
 
@@ -25,6 +26,7 @@ class ModelSource:
     location: str  # a folder, or a hub id
     model_id: str  # what responses report as model_id
     origin: str  # for the start-up log
+    trust_remote_code: bool = False  # TRUST_REMOTE_CODE: the folder's own modelling code may run
 
 
 @dataclass
@@ -40,20 +42,40 @@ class LoadedModel:
 def resolve_source(settings: ModelSettings) -> ModelSource:
     mounted = find_model_folder(settings.model_dir)
     if mounted is not None:
-        return ModelSource(str(mounted), settings.model_id or mounted.name, f"MODEL_DIR {mounted}")
+        return ModelSource(
+            str(mounted),
+            settings.model_id or mounted.name,
+            f"MODEL_DIR {mounted}",
+            settings.trust_remote_code,
+        )
     if settings.model_id:
         if Path(settings.model_id).is_dir():
             folder = find_model_folder(Path(settings.model_id))
             if folder is None:
                 raise ValueError(f"MODEL_ID folder {settings.model_id} holds no config.json")
-            return ModelSource(str(folder), settings.model_id, f"local folder {folder}")
-        return ModelSource(settings.model_id, settings.model_id, "HuggingFace hub (or its cache)")
+            return ModelSource(
+                str(folder), settings.model_id, f"local folder {folder}", settings.trust_remote_code
+            )
+        return ModelSource(
+            settings.model_id, settings.model_id, "HuggingFace hub (or its cache)", settings.trust_remote_code
+        )
     folder = ensure_default_model(settings.model_cache_dir)
     return ModelSource(str(folder), DEFAULT_MODEL_ID, f"embedded default model, converted at {folder}")
 
 
+def load_config(location: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The folder's config; a family defined by the folder's own code is refused, saying
+    which setting runs it, unless TRUST_REMOTE_CODE allows it."""
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise StartupError(remote_code_refusal(location)) from None
+
+
 def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    config = AutoConfig.from_pretrained(source.location)
+    config = load_config(source.location, source.trust_remote_code)
     adapter = adapter_for(config)
     kwargs = {"dtype": dtype}
     text = None
@@ -63,8 +85,10 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
         model, text = adapter.load_with_text(source.location, config, tokenizer, **kwargs)
     elif adapter is not None:
         model = adapter.load(source.location, config, **kwargs)
-    else:
-        model = FamilyAdapter().load(source.location, config, **kwargs)
+    else:  # a family without an adapter: its own code runs only with TRUST_REMOTE_CODE
+        model = FamilyAdapter().load(
+            source.location, config, trust_remote_code=source.trust_remote_code, **kwargs
+        )
     model = model.to(device).eval()
     processor = load_image_processor(source.location)
     return LoadedModel(source, config, model, processor, adapter, text)

@@ -134,7 +134,7 @@ def export_key(folder: Path, settings: ModelSettings) -> str:
 
     from app.embedding.families import adapter_for
 
-    adapter = adapter_for(AutoConfig.from_pretrained(folder))
+    adapter = adapter_for(AutoConfig.from_pretrained(folder, trust_remote_code=settings.trust_remote_code))
     material = {
         "graph": GRAPH_VERSION,
         "openvino": openvino.__version__,
@@ -192,7 +192,8 @@ def _convert(folder: Path, model_id: str, settings: ModelSettings):
     from app.embedding.pooled_graph import PooledOutputs, resolve_adapter
     from app.embedding.preprocess import make_preprocessor, probe_image
 
-    loaded = load_model(ModelSource(str(folder), model_id, str(folder)), torch.device("cpu"), torch.float32)
+    source = ModelSource(str(folder), model_id, str(folder), settings.trust_remote_code)
+    loaded = load_model(source, torch.device("cpu"), torch.float32)
     preprocessor = make_preprocessor(loaded.processor, allow_fast=settings.fast_preprocessing)
     probe = torch.from_numpy(preprocessor(probe_image()))[None]
     adapter = resolve_adapter(loaded, probe)

@@ -32,6 +32,8 @@ class StartupError(ValueError):
 
 def check_model_settings(settings: ModelSettings) -> None:
     folder = _check_source(settings)
+    if folder is not None and not settings.trust_remote_code:
+        _check_remote_code(folder)
     _check_device_and_dtype(settings)
     if folder is not None and settings.pooling_strategy is not None:
         _check_pooling(settings, folder)
@@ -106,12 +108,34 @@ def _check_device_and_dtype(settings: ModelSettings) -> None:
         raise StartupError(str(exc)) from None
 
 
+def remote_code_refusal(location: str | Path) -> str:
+    return (
+        f"MODEL_ID={location}: its model family is defined by Python code in the model folder "
+        "(config.json's auto_map), which runs only with TRUST_REMOTE_CODE=true: set it only for a "
+        "folder you trust (the server then executes that code)"
+    )
+
+
+def _check_remote_code(folder: Path) -> None:
+    """A config whose model type transformers does not know, with code of its own."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # loading says what is wrong with it
+    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise StartupError(remote_code_refusal(folder))
+
+
 def _check_pooling(settings: ModelSettings, folder: Path) -> None:
     from transformers import AutoConfig
 
     from app.embedding.families import adapter_for
 
-    adapter = adapter_for(AutoConfig.from_pretrained(folder))
+    adapter = adapter_for(AutoConfig.from_pretrained(folder, trust_remote_code=settings.trust_remote_code))
     if adapter is None:
         return  # another family: its poolings are known once a forward pass has run
     if settings.pooling_strategy is None or settings.pooling_strategy in adapter.supported:

@@ -126,6 +126,11 @@ class ModelSettings(BaseSettings):
     channels_last: bool | None = Field(
         None, description="channels_last memory layout; default: on for convolutional models"
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="load a model whose family is defined by Python code in its folder (config.json's "
+        "auto_map): this runs that code in the server; only for folders you trust",
+    )
     fast_preprocessing: bool = Field(
         True, description="uint8 torch resize/crop/normalise instead of the transformers processor"
     )

@@ -138,8 +138,13 @@ class CacheSession:
 
     async def consult_all(self, digests: list[bytes]) -> dict[int, np.ndarray | Pending]:
         """`consult` for every input at once (the shared lookups overlap): {index: answer}
-        of those this request does not compute."""
-        answers = await asyncio.gather(*(self.consult(i, d) for i, d in enumerate(digests)))
+        of those this request does not compute. Cancelled (the request's deadline), it
+        closes the session: inputs it had claimed are not left for others to wait on."""
+        try:
+            answers = await asyncio.gather(*(self.consult(i, d) for i, d in enumerate(digests)))
+        except BaseException:
+            self.close()
+            raise
         return {i: answer for i, answer in enumerate(answers) if answer is not None}
 
     async def assemble(

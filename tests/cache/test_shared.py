@@ -188,3 +188,35 @@ def test_a_hung_cache_costs_at_most_its_timeout(tiny_models, tmp_path, silent_ca
         samples = scrape(server)
         assert metric(samples, "embed_cache_shared_errors_total", model="shared") >= 3
         assert metric(samples, "embed_cache_shared_up") == 0
+
+
+def test_a_request_cancelled_during_its_lookups_leaves_nothing_to_wait_on(silent_cache_server):
+    """A request whose deadline passes while the shared cache hangs: the inputs it had
+    claimed are released, so the next request for them computes instead of waiting."""
+    import asyncio
+
+    from app.cache.embedding_cache import EmbeddingCache
+    from app.embedding.backend import TEXT
+    from app.embedding.pooling import PoolingStrategy
+    from app.inference.stats import ModelStatistics
+    from app.metrics import ServiceMetrics
+    from app.settings.server import ServerSettings
+
+    async def scenario():
+        settings = ServerSettings(cache_url=silent_cache_server, cache_timeout_ms=5000)
+        cache = EmbeddingCache(settings, ServiceMetrics())
+        stats = ModelStatistics("m", "1")
+
+        def session():
+            return cache.session("m", "identity", TEXT, PoolingStrategy.CLS, 4, stats)
+
+        lookup = asyncio.create_task(session().consult_all([b"\x01" * 32, b"\x02" * 32]))
+        await asyncio.sleep(0.2)  # both claimed, both waiting on the silent server
+        lookup.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lookup
+        assert not cache._in_flight
+        cache.shared = None  # the next request: local tier only
+        assert await session().consult(0, b"\x01" * 32) is None  # its own to compute, not a wait
+
+    asyncio.run(scenario())

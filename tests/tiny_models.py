@@ -208,8 +208,9 @@ def build_text_model(family: str, folder: Path) -> Path:
     """A full two-tower model with its tokenizer and image processor."""
     torch.manual_seed(0)
     vision = dict(**VIT, image_size=32, patch_size=8)
-    if family == "clip":
-        tokenizer = _clip_tokenizer(folder)
+    if family in ("clip", "metaclip_2"):  # MetaCLIP 2: CLIP's architecture, XLM-RoBERTa's tokenizer
+        clip = family == "clip"
+        tokenizer = (_clip_tokenizer if clip else _xlm_roberta_tokenizer)(folder)
         text = dict(
             TEXT,
             vocab_size=len(tokenizer),
@@ -218,20 +219,10 @@ def build_text_model(family: str, folder: Path) -> Path:
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
-        processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
-    elif family == "metaclip_2":
-        tokenizer = _xlm_roberta_tokenizer(folder)
-        text = dict(
-            TEXT,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        config_class, model_class = (
+            (tf.CLIPConfig, tf.CLIPModel) if clip else (tf.MetaClip2Config, tf.MetaClip2Model)
         )
-        config = tf.MetaClip2Config(text_config=text, vision_config=vision, projection_dim=24)
-        model = tf.MetaClip2Model(config)
+        model = model_class(config_class(text_config=text, vision_config=vision, projection_dim=24))
         processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
     else:
         tokenizer = _siglip_tokenizer(folder)

@@ -54,18 +54,14 @@ def calibration_of_three(tmp_path_factory) -> Path:
     return folder
 
 
+def _int8_flags(model: Path, calibration: Path) -> list[str]:
+    return ["--model-id", str(model), "--runtime", "openvino", "--quantize", "int8",
+            "--calibration-dir", str(calibration)]  # fmt: skip
+
+
 def _cases(tiny_models, text_models, calibration: Path, missing: Path):
     dinov2, clip = str(tiny_models["dinov2"]), str(text_models["clip"])
-    int8 = [
-        "--model-id",
-        dinov2,
-        "--runtime",
-        "openvino",
-        "--quantize",
-        "int8",
-        "--calibration-dir",
-        str(calibration),
-    ]
+    int8 = _int8_flags(tiny_models["dinov2"], calibration)
     return {
         "DEVICE=cuda without CUDA": (
             ["--model-id", dinov2, "--device", "cuda"],
@@ -194,16 +190,9 @@ def test_int8_that_loses_a_neighbour_is_refused_with_the_figures(tiny_models, tm
     (export / EXPORT_INFO).write_text(json.dumps(info))
     (export / MANIFEST).write_text(json.dumps({"files": folder_manifest(export, exclude=MANIFEST)}))
     code, lines, elapsed = start(
-        "--model-id",
-        str(tiny_models["dinov2"]),
+        *_int8_flags(tiny_models["dinov2"], calibration),
         "--model-dir",
         str(tmp_path / "mount"),
-        "--runtime",
-        "openvino",
-        "--quantize",
-        "int8",
-        "--calibration-dir",
-        str(calibration),
         "--model-cache-dir",
         str(cache),
     )

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from bench.load import run_load
 from bench.models import prepare_model
+from bench.redis_server import RedisServer
 from bench.run import ROOT, app_command, cpu_seconds, free_port, process
 
 MODEL = "bench"
@@ -77,15 +77,12 @@ def redis_server(enabled: bool = True):
     if binary is None or not enabled:
         yield None
         return
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(binary, free_port())
+    server.start()
     try:
-        time.sleep(0.5)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.kill()
-        proc.wait()
+        server.kill()
 
 
 def cache_counts(base: str) -> dict:

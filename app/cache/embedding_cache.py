@@ -99,9 +99,10 @@ class _Scope:
 
 
 class CacheSession:
-    """One request's use of the cache. `consult` for each input, `publish` the rows this
-    request computed, `close` always (what it did not publish is abandoned: waiters compute
-    it themselves)."""
+    """One request's use of the cache, as a context manager: `consult` for each input, then
+    `assemble` (which publishes what this request computed). Leaving the block, however it
+    ends (a failed image, a passed deadline), closes it: what it claimed and did not publish
+    is abandoned, and waiters compute it themselves."""
 
     def __init__(self, cache: EmbeddingCache, scope: _Scope, stats: ModelStatistics):
         self._cache = cache
@@ -138,13 +139,8 @@ class CacheSession:
 
     async def consult_all(self, digests: list[bytes]) -> dict[int, np.ndarray | Pending]:
         """`consult` for every input at once (the shared lookups overlap): {index: answer}
-        of those this request does not compute. Cancelled (the request's deadline), it
-        closes the session: inputs it had claimed are not left for others to wait on."""
-        try:
-            answers = await asyncio.gather(*(self.consult(i, d) for i, d in enumerate(digests)))
-        except BaseException:
-            self.close()
-            raise
+        of those this request does not compute."""
+        answers = await asyncio.gather(*(self.consult(i, d) for i, d in enumerate(digests)))
         return {i: answer for i, answer in enumerate(answers) if answer is not None}
 
     async def assemble(
@@ -211,6 +207,12 @@ class CacheSession:
             added = cache.local.put(key, vector, self._scope.model)
             cache.metrics.cache_bytes.labels(self._scope.model).inc(added)
         return storable and share
+
+    def __enter__(self) -> CacheSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def close(self) -> None:
         for key, future in self._owned.values():

@@ -452,7 +452,6 @@ class ServedModel:
                 "the model's own text feature (the joint space has no other pooling)"
             )
         normalize = self.settings.normalize_embeddings if normalize is None else normalize
-
         pooling = backend.default_pooling
 
         async def run():
@@ -462,15 +461,16 @@ class ServedModel:
                 return await self._submit(
                     tokenized.tokens, PoolRequest(len(texts), pooling, normalize, TEXT)
                 ), tokenized
-            answered = await session.consult_all([hashlib.sha256(t.encode()).digest() for t in texts])
-            todo = [i for i in range(len(texts)) if i not in answered]
 
             def compute(indices: list[int]) -> Awaitable[np.ndarray]:
                 return self._submit(
                     tokenized.tokens[indices], PoolRequest(len(indices), pooling, False, TEXT)
                 )
 
-            rows = await session.assemble(len(texts), todo, answered, lambda: compute(todo), compute)
+            with session:
+                answered = await session.consult_all([hashlib.sha256(t.encode()).digest() for t in texts])
+                todo = [i for i in range(len(texts)) if i not in answered]
+                rows = await session.assemble(len(texts), todo, answered, lambda: compute(todo), compute)
             return (l2_normalised(rows) if normalize else rows), tokenized
 
         return await self._admitted(len(texts), deadline_s, run(), self.metrics.texts)
@@ -512,24 +512,22 @@ class ServedModel:
         backend.check_pooling(pooling)  # before any download
         normalize = self.settings.normalize_embeddings if normalize is None else normalize
         session = self._cache_session(backend, IMAGE, pooling, cache)
-        try:
-            prepared = await self._prepare(images, backend, session)
-        except BaseException:
-            if session is not None:
-                session.close()
-            raise
         if session is None:
-            assert prepared.pixels is not None  # every image was decoded
-            return await self._submit(prepared.pixels, PoolRequest(len(images), pooling, normalize))
-
-        def first() -> Awaitable[np.ndarray]:
-            return self._submit(prepared.pixels, PoolRequest(len(prepared.decoded), pooling, False))
+            pixels = (await self._prepare(images, backend, None)).pixels
+            assert pixels is not None  # every image was decoded
+            return await self._submit(pixels, PoolRequest(len(images), pooling, normalize))
 
         async def again(indices: list[int]) -> np.ndarray:
             pixels = (await self._prepare([images[i] for i in indices], backend, None)).pixels
             return await self._submit(pixels, PoolRequest(len(indices), pooling, False))
 
-        rows = await session.assemble(len(images), prepared.decoded, prepared.answered, first, again)
+        with session:
+            prepared = await self._prepare(images, backend, session)
+
+            def first() -> Awaitable[np.ndarray]:
+                return self._submit(prepared.pixels, PoolRequest(len(prepared.decoded), pooling, False))
+
+            rows = await session.assemble(len(images), prepared.decoded, prepared.answered, first, again)
         return l2_normalised(rows) if normalize else rows
 
     async def _prepare(self, images: Sequence[str | bytes], backend: RuntimeBackend, session):

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from contextlib import contextmanager
 
 import pytest
-import redis
 
-from tests.support import LOOPBACK, free_port
+from bench.redis_server import RedisServer
+from tests.support import free_port
 
 
 def redis_binary() -> str:
@@ -24,54 +22,13 @@ def redis_binary() -> str:
     return binary
 
 
-class RedisServer:
-    def __init__(self, port: int):
-        self.port = port
-        self.url = f"redis://{LOOPBACK}:{port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                redis_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                LOOPBACK,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = self.client()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=10)
+def new_redis_server() -> RedisServer:
+    return RedisServer(redis_binary(), free_port())
 
 
 @contextmanager
 def redis_server():
-    server = RedisServer(free_port())
+    server = new_redis_server()
     server.start()
     try:
         yield server

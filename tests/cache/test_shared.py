@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 from tests.cache.images import new_image
-from tests.cache.redis_server import RedisServer
+from tests.cache.redis_server import new_redis_server
 from tests.cache.test_serving import infer, moved, rewrite_weights, stats
 from tests.support import (
     LOOPBACK,
     app_process,
     embeddings_of,
-    free_port,
     metric,
     run_server,
     scrape,
@@ -120,7 +119,7 @@ def _slowest_of(server, count: int) -> float:
 
 
 def test_redis_killed_mid_run_then_back(tiny_models, tmp_path, caplog):
-    redis = RedisServer(free_port())
+    redis = new_redis_server()
     redis.start()
     try:
         with (
@@ -210,7 +209,11 @@ def test_a_request_cancelled_during_its_lookups_leaves_nothing_to_wait_on(silent
         def session():
             return cache.session("m", "identity", TEXT, PoolingStrategy.CLS, 4, stats)
 
-        lookup = asyncio.create_task(session().consult_all([b"\x01" * 32, b"\x02" * 32]))
+        async def request() -> None:  # as ServedModel uses a session
+            with session() as claiming:
+                await claiming.consult_all([b"\x01" * 32, b"\x02" * 32])
+
+        lookup = asyncio.create_task(request())
         await asyncio.sleep(0.2)  # both claimed, both waiting on the silent server
         lookup.cancel()
         with pytest.raises(asyncio.CancelledError):

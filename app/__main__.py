@@ -7,11 +7,8 @@ import os
 import sys
 from typing import Any
 
-from pydantic import ValidationError
-
 from app.settings import Settings
-
-SECRET_SETTINGS = {"CACHE_URL", "MODEL_CONTROL_TOKEN"}
+from app.settings.flags import add_setting_flags, settings_from_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,37 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Image embedding server (Open Inference Protocol V2). "
         "Each flag overrides the environment variable of the same name.",
     )
-    for name, field in Settings.model_fields.items():
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            metavar=name.upper(),
-            default=None,
-            help=f"{field.description} (env {name.upper()}, default {_default_text(field.default)})",
-        )
+    add_setting_flags(parser, Settings.model_fields)
     return parser
-
-
-def _default_text(value: object) -> str:
-    return str(getattr(value, "value", value)) if value is not None else "unset"
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:
     """Parse flags, merge them over the environment, and exit with one line per bad setting."""
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        for error in exc.errors():
-            if not error["loc"]:  # a rule between settings: its message names them
-                sys.stderr.write(f"invalid settings: {error['msg'].removeprefix('Value error, ')}\n")
-                continue
-            setting = str(error["loc"][0]).upper()
-            # A URL or token may carry a password: its value stays out of the output.
-            shown = "(hidden)" if setting in SECRET_SETTINGS else repr(error.get("input"))
-            sys.stderr.write(f"invalid setting {setting}={shown}: {error['msg']}\n")
-        raise SystemExit(2) from None
+    return settings_from_flags(args)
 
 
 def export_to_environment(settings: Settings) -> None:

@@ -116,7 +116,7 @@ class Output:
 
         if self.path.suffix == ".npy":
             rows = self._id_rows()
-            return _table([r[0] for r in rows], [r[1] for r in rows], np.load(self.path))
+            return embedding_table([r[0] for r in rows], [r[1] for r in rows], np.load(self.path))
         return pq.read_table(self.path)
 
     def _id_rows(self) -> list[tuple[str, str]]:
@@ -151,7 +151,7 @@ class Output:
         ids, sources, vectors = zip(*rows, strict=True)
         final = self.parts / next(self._names)
         temporary = final.with_suffix(".tmp")
-        pq.write_table(_table(list(ids), list(sources), np.stack(vectors)), temporary)
+        pq.write_table(embedding_table(list(ids), list(sources), np.stack(vectors)), temporary)
         os.replace(temporary, final)  # a part is whole or absent
 
     def assemble(self) -> int:
@@ -185,7 +185,8 @@ class Output:
         return table.num_rows
 
 
-def _table(ids: list[str], sources: list[str], vectors: np.ndarray):
+def embedding_table(ids: list[str], sources: list[str], vectors: np.ndarray):
+    """The output schema: id, source, embedding (a fixed-size list of float32)."""
     import pyarrow as pa
 
     vectors = np.asarray(vectors, dtype=np.float32)

@@ -61,7 +61,7 @@ def _folder_config(folder: Path, defaults: ModelSettings, workers: int) -> Model
             "model repository: skipping %r: a model name is letters, digits, '.', '_', '-'", folder.name
         )
         return None
-    own = _read_settings_file(folder / SETTINGS_FILE)
+    own = read_settings_file(folder / SETTINGS_FILE)
     load_at_startup = own.pop(LOAD_AT_STARTUP, True)
     if not isinstance(load_at_startup, bool):
         raise RepositoryError(f"{folder / SETTINGS_FILE}: {LOAD_AT_STARTUP} must be true or false")
@@ -85,7 +85,7 @@ def _folder_config(folder: Path, defaults: ModelSettings, workers: int) -> Model
     return ModelConfig(folder.name, settings, load_at_startup)
 
 
-def _read_settings_file(path: Path) -> dict:
+def read_settings_file(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:

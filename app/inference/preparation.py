@@ -153,10 +153,7 @@ class ImagePreparer:
             data = decode_base64(source.text)
         else:
             data = source.data
-        if len(data) > self.settings.max_image_bytes:
-            raise ImageError(
-                f"image is {len(data)} bytes, over the {self.settings.max_image_bytes}-byte limit"
-            )
+        check_image_bytes(data, self.settings.max_image_bytes)
         return self._open(data, preprocessor, digest)
 
     def _open(self, data: bytes, preprocessor, digest: bool) -> tuple[Image.Image, bytes | None]:
@@ -165,11 +162,29 @@ class ImagePreparer:
         return image, hashlib.sha256(data).digest() if digest else None
 
     def _finish(self, image: Image.Image, preprocessor) -> np.ndarray:
-        rgb = finish_decoding(image, self.settings.max_image_pixels)
-        try:
-            return preprocessor(rgb)
-        except Exception as exc:  # noqa: BLE001 - an image the processor cannot take is its 400
-            raise ImageError(f"cannot preprocess image: {type(exc).__name__}") from None
+        return finish_preprocessing(image, preprocessor, self.settings.max_image_pixels)
+
+
+def check_image_bytes(data: bytes, max_image_bytes: int) -> None:
+    if len(data) > max_image_bytes:
+        raise ImageError(f"image is {len(data)} bytes, over the {max_image_bytes}-byte limit")
+
+
+def finish_preprocessing(image: Image.Image, preprocessor, max_pixels: int) -> np.ndarray:
+    """An opened image (`open_image`) decoded and turned into the model's input."""
+    rgb = finish_decoding(image, max_pixels)
+    try:
+        return preprocessor(rgb)
+    except Exception as exc:  # noqa: BLE001 - an image the processor cannot take is its 400
+        raise ImageError(f"cannot preprocess image: {type(exc).__name__}") from None
+
+
+def image_pixels(data: bytes, preprocessor, max_image_bytes: int, max_pixels: int) -> np.ndarray:
+    """The model's input for one encoded image, under the server's limits, in one call
+    (python -m app.batch; the server splits it to reserve memory between the steps)."""
+    check_image_bytes(data, max_image_bytes)
+    image = open_image(data, max_pixels, preprocessor.draft_min_side)
+    return finish_preprocessing(image, preprocessor, max_pixels)
 
 
 @dataclass

@@ -20,10 +20,12 @@ nodes must all see the sources, the model folder and --out (a shared filesystem)
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
+from app.cpus import usable_cpus
 from app.installed import is_installed
 from app.settings.flags import add_setting_flags, settings_from_flags
 from app.settings.model import ModelSettings
@@ -52,6 +54,15 @@ def actor_pool(text: str) -> tuple[int, int]:
     if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected N or MIN,MAX with 1 <= MIN <= MAX")
     return sizes[0], sizes[1]
+
+
+def actor_threads(args: argparse.Namespace) -> int:
+    """TORCH_THREADS=0 for an actor: on this machine, its share of the usable cores, as a
+    server's worker gets (decoding shares them, as in the server); on a cluster, the CPUs
+    it reserves."""
+    if args.address:
+        return max(1, math.ceil(args.cpus_per_actor))
+    return max(1, usable_cpus() // args.actors[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to embed: all {len(items)} ids are in {args.out}", file=sys.stderr)
         return 0
     try:
-        plan = plan_model(model, threads=max(1, int(args.cpus_per_actor)))
+        plan = plan_model(model, threads=actor_threads(args))
     except (StartupError, BadRequest) as exc:
         sys.exit(f"cannot embed with these settings: {exc}")
     options = PipelineOptions(

@@ -133,7 +133,7 @@ def build_tiny_model(family: str, folder: Path) -> Path:
 # working tokenizers built offline: a small byte-level BPE vocabulary for CLIP, small trained
 # sentencepiece models for SigLIP and for MetaCLIP 2's XLM-RoBERTa tokenizer. Real sequence
 # lengths (77, 64): padding is part of what is tested.
-TEXT_FAMILIES = ("clip", "metaclip_2", "siglip")
+TEXT_FAMILIES = ("clip", "metaclip_2", "siglip", "siglip2")
 _CORPUS = [
     "a photo of a cat",
     "a photo of a dog",
@@ -204,6 +204,25 @@ def _siglip_tokenizer(folder: Path):
     return tokenizer
 
 
+def _gemma_tokenizer(folder: Path):
+    """SigLIP 2's tokenizer as its fixed-resolution folders name it (GemmaTokenizer: no BOS,
+    EOS added, <pad> 0), over a vocabulary of letters of both cases, digits and bytes."""
+    import string
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    letters = ["▁", *string.ascii_lowercase, *string.ascii_uppercase, *string.digits, *".,!?'-"]
+    pieces = [*specials, *letters, *(f"<0x{b:02X}>" for b in range(256)), "▁a", "▁p"]
+    tokenizer = tf.GemmaTokenizer(
+        vocab={piece: index for index, piece in enumerate(pieces)},
+        merges=[("▁", "a"), ("▁", "p")],
+        add_bos_token=False,
+        add_eos_token=True,
+        model_max_length=64,
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 def build_text_model(family: str, folder: Path) -> Path:
     """A full two-tower model with its tokenizer and image processor."""
     torch.manual_seed(0)
@@ -224,8 +243,8 @@ def build_text_model(family: str, folder: Path) -> Path:
         )
         model = model_class(config_class(text_config=text, vision_config=vision, projection_dim=24))
         processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
-    else:
-        tokenizer = _siglip_tokenizer(folder)
+    else:  # SigLIP; SigLIP 2 fixed-resolution: the same model, Gemma's tokenizer
+        tokenizer = (_siglip_tokenizer if family == "siglip" else _gemma_tokenizer)(folder)
         text = dict(
             TEXT,
             vocab_size=len(tokenizer),

@@ -28,7 +28,7 @@ from pathlib import Path
 from app.cpus import usable_cpus
 from app.installed import is_installed
 from app.settings.flags import add_setting_flags, settings_from_flags
-from app.settings.model import ModelSettings
+from app.settings.model import ModelSettings, QuantizeSetting, RuntimeSetting
 
 # The server's settings that apply to a batch job: the model's, and how images are read.
 IMAGE_INPUT_SETTINGS = (
@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     if not is_installed("ray"):
         sys.exit("python -m app.batch needs Ray Data: pip install -r requirements-batch.txt")
     server, model = model_settings(args)
+    if args.gpus_per_actor:
+        # The driver may have no GPU: RUNTIME=auto decided there would measure its CPU.
+        if model.runtime == RuntimeSetting.OPENVINO or model.quantize == QuantizeSetting.INT8:
+            sys.exit("--gpus-per-actor needs RUNTIME=torch: OpenVINO and QUANTIZE=int8 run on the CPU")
+        model = model.model_copy(update={"runtime": RuntimeSetting.TORCH})
     # Ray's usage statistics go to Ray's servers (and poll a Prometheus on localhost): not
     # from a job that embeds someone's images, unless they ask for it.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

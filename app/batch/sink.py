@@ -68,6 +68,8 @@ class EmbeddingSink(Datasink[tuple[int, int]]):
     def on_write_start(self, schema=None) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         self.failures.mkdir(parents=True, exist_ok=True)
+        for stale in self.failures.glob(PART_GLOB):  # from a run that was interrupted
+            stale.unlink()
 
     def write(self, blocks, ctx) -> tuple[int, int]:
         """(rows written, rows failed) of this task's blocks."""

@@ -3,10 +3,12 @@ and `get_text_features` (CLIP: the projected EOS token; SigLIP: its pooled head)
 text and image embeddings from one server share the model's joint space.
 
 SigLIP texts are always padded to 64: it was trained that way (a shorter padding changes
-its embeddings). CLIP's causal mask and attention mask make padding irrelevant to its
-result, so CLIP texts are padded only to the next of a few lengths (16, 32, 48, 77): short
-queries cost a fifth of a 77-token forward, and texts of one length bucket from different
-requests still share a forward pass (the batcher joins equal shapes only)."""
+its embeddings); SigLIP 2's fixed-resolution checkpoints (SigLIP models with Gemma's
+tokenizer) are lower-cased too, as they were trained. CLIP's causal mask and attention
+mask make padding irrelevant to its result, so CLIP texts are padded only to the next of a
+few lengths (16, 32, 48, 77): short queries cost a fifth of a 77-token forward, and texts
+of one length bucket from different requests still share a forward pass (the batcher joins
+equal shapes only)."""
 
 from __future__ import annotations
 
@@ -73,11 +75,27 @@ class TextTower:
         return features.pooler_output
 
 
-def load_tokenizer(location: str):
-    """The folder's tokenizer, or None when it has none (an image-only folder)."""
+def load_tokenizer(location: str, model_type: str):
+    """The folder's tokenizer with its family's text preprocessing, or None when it has
+    none (an image-only folder)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError, ImportError, TypeError):
         return None
+    if model_type == "siglip" and type(tokenizer).__name__.startswith("Gemma"):
+        lower_case(tokenizer)
+    return tokenizer
+
+
+def lower_case(tokenizer) -> None:
+    """SigLIP 2's fixed-resolution checkpoints are SigLIP models (model_type siglip) whose
+    folders name Gemma's tokenizer, and SigLIP 2 was trained on lower-cased text: the same
+    Lowercase normalizer transformers' Siglip2Tokenizer puts in front of Gemma's (which has
+    none). Special tokens are matched before normalising, as there."""
+    from tokenizers import normalizers
+
+    backend = tokenizer.backend_tokenizer
+    steps = [normalizers.Lowercase()] + ([backend.normalizer] if backend.normalizer is not None else [])
+    backend.normalizer = normalizers.Sequence(steps)

@@ -224,3 +224,6 @@ def test_bad_flags_exit_before_ray_starts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path), "--out", str(tmp_path / "out"), "--actors", "3,1"])
     assert exited.value.code == 2 and "MIN <= MAX" in capsys.readouterr().err
+    gpu_on_openvino = ["--gpus-per-actor", "1", "--runtime", "openvino"]
+    with pytest.raises(SystemExit, match="--gpus-per-actor needs RUNTIME=torch"):
+        main([str(tmp_path), "--out", str(tmp_path / "out"), *gpu_on_openvino])

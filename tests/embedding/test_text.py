@@ -15,7 +15,8 @@ from app.settings import Settings
 from tests.support import photo
 from tests.tiny_models import TEXT_FAMILIES
 
-TEXTS = ["a photo of a cat", "coins", "", "an astronaut in space " * 40, "Ünïcödé ✓ 東京"]
+TEXTS = ["a photo of a cat", "coins", "", "an astronaut in space " * 40, "Ünïcödé ✓ 東京", "A Photo Of A Dog"]
+SIGLIP = ("siglip", "siglip2")  # SigLIP 2 fixed-resolution: a SigLIP model with Gemma's tokenizer
 
 
 def backend_for(folder, **overrides):
@@ -25,15 +26,22 @@ def backend_for(folder, **overrides):
     return load_backend(Settings(**(fields | overrides)))
 
 
+def reference_tokenizer(folder, family: str):
+    """transformers' own: SigLIP 2's tokenizer class lower-cases as SigLIP 2 was trained."""
+    if family == "siglip2":
+        return tf.Siglip2Tokenizer.from_pretrained(folder)
+    return tf.AutoTokenizer.from_pretrained(folder)
+
+
 def reference_text_features(folder, family: str, texts: list[str], max_length: int) -> torch.Tensor:
     """transformers alone: the tokenizer as the model card says, then get_text_features."""
     model = tf.AutoModel.from_pretrained(folder).eval()
-    tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+    tokenizer = reference_tokenizer(folder, family)
     encoded = tokenizer(
         texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
     )
     with torch.inference_mode():
-        if family == "siglip":  # trained without an attention mask
+        if family in SIGLIP:  # trained without an attention mask
             return model.get_text_features(input_ids=encoded["input_ids"]).pooler_output
         return model.get_text_features(**encoded).pooler_output
 
@@ -50,7 +58,7 @@ def embed_texts(backend, texts, normalize=False) -> np.ndarray:
 def test_text_embeddings_are_the_models_text_features(family, text_models):
     backend = backend_for(text_models[family])
     assert backend.modalities == ("image", "text")
-    assert backend.text.max_length == {"clip": 77, "metaclip_2": 77, "siglip": 64}[family]
+    assert backend.text.max_length == {"clip": 77, "metaclip_2": 77, "siglip": 64, "siglip2": 64}[family]
     expected = reference_text_features(text_models[family], family, TEXTS, backend.text.max_length)
     torch.testing.assert_close(torch.from_numpy(embed_texts(backend, TEXTS)), expected)
     # One text alone, or in another batch, gets the same row.
@@ -68,17 +76,17 @@ def test_server_embeddings_give_the_models_logits_per_image(family, text_models)
     image_rows, _ = backend.embed(images, backend.default_pooling, normalize=True)
     text_rows = embed_texts(backend, texts, normalize=True)
     model = tf.AutoModel.from_pretrained(folder).eval()
-    tokens = tf.AutoTokenizer.from_pretrained(folder)(
+    tokens = reference_tokenizer(folder, family)(
         texts, padding="max_length", max_length=backend.text.max_length, return_tensors="pt"
     )
     pixels = tf.AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        if family == "siglip":
+        if family in SIGLIP:
             out = model(input_ids=tokens["input_ids"], pixel_values=pixels)
         else:
             out = model(**tokens, pixel_values=pixels)
     logits = torch.from_numpy(image_rows @ text_rows.T) * model.logit_scale.exp()
-    if family == "siglip":
+    if family in SIGLIP:
         logits = logits + model.logit_bias
     torch.testing.assert_close(logits, out.logits_per_image, rtol=1e-4, atol=1e-4)
 
@@ -111,6 +119,22 @@ def test_siglip_is_padded_to_its_trained_length(text_models):
         ).pooler_output
     assert not torch.allclose(served, short, atol=1e-3)
     torch.testing.assert_close(served, reference_text_features(folder, "siglip", text, 64))
+
+
+def test_siglip2_texts_are_lower_cased_as_it_was_trained(text_models):
+    """A SigLIP 2 fixed-resolution folder names GemmaTokenizer, which keeps case; the server
+    lower-cases as transformers' Siglip2Tokenizer does."""
+    folder = text_models["siglip2"]
+    backend = backend_for(folder)
+    served = embed_texts(backend, ["A Photo Of A Cat", "a photo of a cat"])
+    np.testing.assert_array_equal(served[0], served[1])
+    gemma = tf.AutoTokenizer.from_pretrained(folder)
+    assert type(gemma).__name__ == "GemmaTokenizer"
+    model = tf.AutoModel.from_pretrained(folder).eval()
+    ids = gemma(["A Photo Of A Cat"], padding="max_length", max_length=64, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        cased = model.get_text_features(input_ids=ids).pooler_output
+    assert not torch.allclose(torch.from_numpy(served[:1]), cased, atol=1e-3)
 
 
 def test_image_embeddings_of_a_full_model_match_its_vision_tower(text_models, tiny_models):

@@ -1,4 +1,4 @@
-"""Fidelity of every runtime x precision against torch float32, on the real MobileNetV2 and
+"""Fidelity of every runtime x precision against torch float32, on the real MobileNetV2 (or --model) and
 real photos (bench/photos.py: 16 photos and their mirror images, none of them used for
 int8 calibration): min and mean cosine between the two embeddings of each photo, and how
 many photos keep their nearest neighbour. A configuration under 0.995 min cosine, or one
@@ -7,6 +7,7 @@ that loses a neighbour, is not recommended.
     python -m bench.fidelity                                  # every runtime x precision
     python -m bench.fidelity --configs torch:bfloat16,openvino:int8 --calibration DIR
     python -m bench.fidelity --configs torch:float16 --device cuda
+    python -m bench.fidelity --model models/siglip2-base-patch16-224     # any family's folder
 """
 
 from __future__ import annotations
@@ -83,12 +84,15 @@ def main(argv=None) -> list[dict]:
         "--calibration", type=Path, help="int8 calibration images (default: bench/photos.py's)"
     )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "image-embed")
+    parser.add_argument(
+        "--model", type=Path, help="a model folder (python -m app.models fetch); default: MobileNetV2"
+    )
     args = parser.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     from app.embedding.default_model import ensure_default_model
     from bench.photos import write_calibration_dir
 
-    folder = ensure_default_model(args.cache)
+    folder = args.model or ensure_default_model(args.cache)
     base = dict(
         model_id=str(folder),
         runtime="torch",  # the reference; each configuration names its own

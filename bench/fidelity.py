@@ -1,7 +1,7 @@
 """Fidelity of every runtime x precision against torch float32, on the real MobileNetV2
-(or --model's folder) and real photos (bench/photos.py: 16 photos and their mirror images, none of them used for
-int8 calibration): min and mean cosine between the two embeddings of each photo, and how
-many photos keep their nearest neighbour. A configuration under 0.995 min cosine, or one
+(or --model's folder) and real photos (bench/photos.py: 16 photos and their mirror images,
+none of them used for int8 calibration): min and mean cosine between the two embeddings of
+each photo, and how many photos keep their nearest neighbour. A configuration under 0.995 min cosine, or one
 that loses a neighbour, is not recommended.
 
     python -m bench.fidelity                                  # every runtime x precision

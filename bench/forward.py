@@ -24,7 +24,8 @@ def eager_fp32(folder, batches: tuple[int, ...], seconds: float) -> dict[int, fl
     import transformers as tf
 
     model = tf.AutoModel.from_pretrained(folder).eval()
-    size = tf.AutoImageProcessor.from_pretrained(folder).crop_size
+    processor = tf.AutoImageProcessor.from_pretrained(folder)
+    size = getattr(processor, "crop_size", None) or processor.size  # SigLIP resizes, no crop
     pixels = {b: torch.randn(b, 3, size.height, size.width) for b in batches}
 
     def step_for(b):

@@ -1,5 +1,6 @@
-"""The benchmark models: the real MobileNetV2 (embedded default) and random-weight
-DINOv2-shaped ViTs (the forward's cost depends on the shape, not the weights)."""
+"""The benchmark models: the real MobileNetV2 (embedded default), random-weight
+DINOv2-shaped ViTs and SigLIP 2's base image tower at 224 (the forward's cost depends on
+the shape, not the weights)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,33 @@ def prepare_model(name: str, cache: Path) -> Path:
                 image_std=[0.229, 0.224, 0.225],
             ).save_pretrained(folder)
         return folder
+    if name == "siglip2-base-224":
+        return _siglip2_base(cache / "siglip2-base-224-random")
     folder = Path(name)
     if not (folder / "config.json").is_file():
-        raise SystemExit(f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)} or a model folder")
+        raise SystemExit(
+            f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)}, siglip2-base-224 "
+            "or a model folder"
+        )
+    return folder
+
+
+def _siglip2_base(folder: Path) -> Path:
+    """google/siglip2-base-patch16-224's image tower (SigLIP's architecture: ViT-B/16 with an
+    attention-pooling head) and its processor (224x224 bilinear, mean and std 0.5)."""
+    if not (folder / "config.json").is_file():
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(0)
+        config = tf.SiglipVisionConfig(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            image_size=224,
+            patch_size=16,
+        )
+        tf.SiglipVisionModel(config).save_pretrained(folder)
+        tf.SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=2).save_pretrained(folder)
     return folder

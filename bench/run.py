@@ -46,7 +46,9 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", default="mobilenet-v2", help="mobilenet-v2, dinov2-small, dinov2-base or a folder"
+        "--model",
+        default="mobilenet-v2",
+        help="mobilenet-v2, dinov2-small, dinov2-base, siglip2-base-224 or a folder",
     )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")

@@ -136,6 +136,29 @@ def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
     return buffer.getvalue()
 
 
+PHOTO_NAMES = (
+    "chelsea",
+    "coffee",
+    "astronaut",
+    "rocket",
+    "camera",
+    "moon",
+    "brick",
+    "grass",
+    "clock",
+    "coins",
+)
+
+
+def photo_folder(folder: Path, size: tuple[int, int]) -> Path:
+    """skimage's ten photos as JPEGs of `size`, alternately in sub-folders a/ and b/."""
+    for i, name in enumerate(PHOTO_NAMES):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        (sub / f"{name}.jpg").write_bytes(encode(photo(name).resize(size)))
+    return folder
+
+
 def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 

@@ -20,12 +20,14 @@ import pytest
 from app.client import main
 from tests.support import (
     LOOPBACK,
+    PHOTO_NAMES,
     data_uri,
     embeddings_of,
     encode,
     image_request,
     metric,
     photo,
+    photo_folder,
     run_server,
     scrape,
     serve_in_thread,
@@ -33,7 +35,7 @@ from tests.support import (
     static_server,
 )
 
-NAMES = ("chelsea", "coffee", "astronaut", "rocket", "camera", "moon", "brick", "grass", "clock", "coins")
+NAMES = PHOTO_NAMES
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,12 +48,7 @@ def server(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for i, name in enumerate(NAMES):
-        sub = folder / ("a" if i % 2 else "b")
-        sub.mkdir(exist_ok=True)
-        (sub / f"{name}.jpg").write_bytes(encode(photo(name).resize((96, 72))))
-    return folder
+    return photo_folder(tmp_path_factory.mktemp("photos"), (96, 72))
 
 
 def _rows(path: Path) -> dict[str, np.ndarray]:

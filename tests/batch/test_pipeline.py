@@ -22,9 +22,17 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from app.batch.__main__ import main  # noqa: E402
 from app.client import main as client_main  # noqa: E402
-from tests.support import encode, photo, run_server, serve_in_thread, server_settings  # noqa: E402
+from tests.support import (  # noqa: E402
+    PHOTO_NAMES,
+    encode,
+    photo,
+    photo_folder,
+    run_server,
+    serve_in_thread,
+    server_settings,
+)
 
-NAMES = ("chelsea", "coffee", "astronaut", "rocket", "camera", "moon", "brick", "grass", "clock", "coins")
+NAMES = PHOTO_NAMES
 STORE = 80 * 1024 * 1024
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing sent to Ray's servers
 
@@ -49,11 +57,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """Ten real photos in two sub-folders, a truncated JPEG and a text file named .png."""
-    folder = tmp_path_factory.mktemp("photos")
-    for i, name in enumerate(NAMES):
-        sub = folder / ("a" if i % 2 else "b")
-        sub.mkdir(exist_ok=True)
-        (sub / f"{name}.jpg").write_bytes(encode(photo(name).resize((120, 90))))
+    folder = photo_folder(tmp_path_factory.mktemp("photos"), (120, 90))
     (folder / "truncated.jpg").write_bytes(encode(photo("chelsea"))[:2000])
     (folder / "notes.png").write_bytes(b"not an image, only a name that says so")
     return folder

@@ -29,6 +29,7 @@ from app.cpus import usable_cpus
 from app.installed import is_installed
 from app.settings.flags import add_setting_flags, settings_from_flags
 from app.settings.model import ModelSettings, QuantizeSetting, RuntimeSetting
+from app.settings.server import ServerSettings
 
 # The server's settings that apply to a batch job: the model's, and how images are read.
 IMAGE_INPUT_SETTINGS = (
@@ -56,6 +57,12 @@ def actor_pool(text: str) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return int(text)
+
+
 def actor_threads(args: argparse.Namespace) -> int:
     """TORCH_THREADS=0 for an actor: on this machine, its share of the usable cores, as a
     server's worker gets (decoding shares them, as in the server); on a cluster, the CPUs
@@ -77,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each model copy reserves")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs each model copy reserves")
-    parser.add_argument("--images-per-task", type=int, default=64, help="images per decoding task")
+    parser.add_argument(
+        "--images-per-task", type=positive, default=64, help="images per decoding task (and per retry)"
+    )
     parser.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
@@ -95,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_settings(args: argparse.Namespace) -> tuple:
+def model_settings(args: argparse.Namespace) -> tuple[ServerSettings, ModelSettings]:
     """(server settings, model settings): the environment, the flags, then --serving-json."""
     from pydantic import ValidationError
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from app.errors import ImageError
 from app.images.decode import set_pillow_pixel_limit
-from app.images.fetch import ImageFetcher
+from app.images.fetch import ImageFetcher, redact_url
 from app.images.url_policy import UrlPolicy
 from app.inference.preparation import image_pixels
 from app.settings.server import ServerSettings
@@ -82,6 +82,8 @@ def _fetch_urls(urls: list[str], server: ServerSettings) -> dict[str, bytes | st
         for url, result in zip(urls, results, strict=True):
             if isinstance(result, ImageError):  # PolicyRefusal included
                 outcome[url] = result.message
+            elif isinstance(result, Exception):  # listed like any failure: the job goes on
+                outcome[url] = f"fetching {redact_url(url)} failed: {type(result).__name__}"
             elif isinstance(result, BaseException):
                 raise result
             else:

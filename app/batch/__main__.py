@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from app.batch.pipeline import PipelineOptions, embed_items, plan_model
+    from app.batch.pipeline import PipelineOptions, PoolTooLarge, embed_items, fit_pool, plan_model
     from app.batch.sink import done_ids, failures_file
     from app.client import read_items
     from app.embedding.preflight import StartupError
@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                 object_store_memory=args.object_store_mb * MIB, include_dashboard=False, log_to_driver=False
             )
     try:
+        if not args.address:  # a cluster may grow; this machine's CPUs will not
+            try:
+                options = fit_pool(options, ray.cluster_resources().get("CPU", 0.0))
+            except PoolTooLarge as exc:
+                sys.exit(str(exc))
         summary = embed_items(todo, args.out, server, plan, options)
     finally:
         if started_ray:

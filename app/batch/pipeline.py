@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -72,6 +72,24 @@ def plan_model(settings: ModelSettings, threads: int) -> ModelPlan:
     del backend
     gc.collect()
     return plan
+
+
+class PoolTooLarge(ValueError):
+    """An actor pool whose minimum leaves no CPU for decoding: Ray Data would wait forever."""
+
+
+def fit_pool(options: PipelineOptions, cluster_cpus: float) -> PipelineOptions:
+    """The actor pool within `cluster_cpus`, one CPU left for the decoding (and writing)
+    tasks: a pool holding every CPU starves them and the job never ends (seen: --actors 2
+    on two cores). The minimum must fit, the maximum is lowered to what fits."""
+    fits = int((cluster_cpus - 1) // options.cpus_per_actor) if options.cpus_per_actor > 0 else 1 << 30
+    low, high = options.actors
+    if low > fits:
+        raise PoolTooLarge(
+            f"--actors {low} reserve {low * options.cpus_per_actor:g} of the {cluster_cpus:g} CPUs and leave "
+            f"none for decoding: at most {max(fits, 0)} actors of --cpus-per-actor {options.cpus_per_actor:g}"
+        )
+    return replace(options, actors=(low, min(high, fits)))
 
 
 @dataclass

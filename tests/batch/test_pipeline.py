@@ -224,6 +224,14 @@ def test_int8_runs_the_servers_own_export(cluster, photos, tiny_models, tmp_path
         np.testing.assert_allclose(rows[image_id], answer, rtol=1e-5, atol=1e-6)
 
 
+def test_a_pool_that_leaves_no_cpu_for_decoding_is_refused(cluster, photos, tiny_models, tmp_path):
+    """Nine actors of one CPU on this cluster's three (five while the node test's third node
+    lives) would starve the decoding tasks forever; the job refuses them in one line."""
+    with pytest.raises(SystemExit, match="leave none for decoding: at most [24] actors"):
+        _batch(photos, tmp_path / "out.emb", tiny_models["dinov2"], "--actors", "9")
+    assert not (tmp_path / "out.emb").exists()
+
+
 def test_bad_flags_exit_before_ray_starts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path), "--out", str(tmp_path / "out"), "--actors", "3,1"])

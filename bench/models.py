@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# ViT-B: DINOv2-base, SigLIP 2 base's and CLIP ViT-B's image towers.
+VIT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SHAPES = {
     "dinov2-small": dict(
         hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536
     ),
-    "dinov2-base": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
-    ),
+    "dinov2-base": VIT_BASE,
 }
 
 
@@ -59,14 +59,7 @@ def _siglip2_base(folder: Path) -> Path:
         import transformers as tf
 
         torch.manual_seed(0)
-        config = tf.SiglipVisionConfig(
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            image_size=224,
-            patch_size=16,
-        )
+        config = tf.SiglipVisionConfig(**VIT_BASE, image_size=224, patch_size=16)
         tf.SiglipVisionModel(config).save_pretrained(folder)
         tf.SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=2).save_pretrained(folder)
     return folder

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench.load import run_load
+from bench.models import VIT_BASE
 from bench.run import ROOT, app_command, free_port, process
 
 TEXTS = ["a photo of a cat", "a red car at night", "two dogs on a beach", "a bowl of soup", "a city skyline"]
@@ -45,14 +46,7 @@ def prepare_model(cache: Path) -> Path:
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        vision = dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=32,
-        )
+        vision = dict(VIT_BASE, image_size=224, patch_size=32)
         tf.CLIPModel(
             tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
         ).save_pretrained(folder)

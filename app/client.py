@@ -50,6 +50,11 @@ FLUSH_ROWS = 1024  # rows per part file
 KNOWN_CONTENT_BYTES = 64 * 1024 * 1024
 
 
+def is_url(source: str) -> bool:
+    """An http(s) URL, which the server (or app.batch's fetcher) fetches; else a file path."""
+    return source.lower().startswith(("http://", "https://"))
+
+
 @dataclass(frozen=True)
 class Item:
     id: str  # what the output is keyed by: the source as given (folder: the relative path)
@@ -82,8 +87,7 @@ def read_items(source: Path, column: str | None = None) -> list[Item]:
         if value in seen:
             continue
         seen.add(value)
-        is_url = value.lower().startswith(("http://", "https://"))
-        path = value if is_url or Path(value).is_absolute() else str(source.parent / value)
+        path = value if is_url(value) or Path(value).is_absolute() else str(source.parent / value)
         items.append(Item(value, path))
     return items
 
@@ -323,7 +327,7 @@ class BulkEmbedder:
         owned: dict[str, asyncio.Future] = {}  # item id -> the future of its bytes, for its twins
         twins: list[tuple[Item, asyncio.Future]] = []  # items whose bytes another item carries
         for item in batch:
-            if item.source.lower().startswith(("http://", "https://")):
+            if is_url(item.source):
                 elements.append(item.source.encode())
                 live.append(item)
                 continue

@@ -11,18 +11,15 @@ import os
 
 import numpy as np
 
+from app.client import is_url
 from app.errors import ImageError
 from app.images.decode import set_pillow_pixel_limit
 from app.images.fetch import ImageFetcher, redact_url
 from app.images.url_policy import UrlPolicy
-from app.inference.preparation import image_pixels
+from app.inference.preparation import check_image_size, image_pixels
 from app.settings.server import ServerSettings
 
 OK = ""  # the error column of a row that decoded
-
-
-def is_url(source: str) -> bool:
-    return source.lower().startswith(("http://", "https://"))
 
 
 def decode_block(
@@ -53,9 +50,7 @@ def decode_block(
 
 def _read_file(path: str, max_bytes: int) -> bytes:
     try:
-        size = os.stat(path).st_size
-        if size > max_bytes:  # refused before it is read into memory
-            raise ImageError(f"image is {size} bytes, over the {max_bytes}-byte limit")
+        check_image_size(os.stat(path).st_size, max_bytes)  # refused before it is read into memory
         with open(path, "rb") as handle:
             return handle.read(max_bytes + 1)
     except OSError as exc:

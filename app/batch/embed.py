@@ -15,14 +15,14 @@ NOT_FINITE = "the model answered a NaN or infinite embedding"
 
 
 class EmbeddingActor:
-    """One model copy. Ray Data calls it with batches of MAX_BATCH_SIZE rows or fewer."""
+    """One model copy. Ray Data calls it with batches of MAX_BATCH_SIZE rows or fewer; the
+    pooling was checked against the same settings' model by the driver (plan_model)."""
 
     def __init__(self, settings: ModelSettings, pooling: PoolingStrategy, normalize: bool):
         from app.embedding.selection import load_backend
 
         self.backend = load_backend(settings)
         self.backend.adopt_thread()
-        self.backend.check_pooling(pooling)
         self.request = (pooling, normalize)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -42,7 +42,6 @@ class ModelPlan:
     settings: ModelSettings  # RUNTIME and OPENVINO_HINT decided, TORCH_THREADS set
     preprocessor: object  # the backend's own (pickled to the decoding tasks)
     input_shape: tuple[int, ...]
-    embedding_dim: int
     pooling: PoolingStrategy
     normalize: bool
 
@@ -65,7 +64,6 @@ def plan_model(settings: ModelSettings, threads: int) -> ModelPlan:
         settings,
         preprocessor,
         tuple(preprocessor(probe_image()).shape),
-        backend.embedding_dim,
         pooling,
         settings.normalize_embeddings,
     )

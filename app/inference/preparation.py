@@ -153,7 +153,7 @@ class ImagePreparer:
             data = decode_base64(source.text)
         else:
             data = source.data
-        check_image_bytes(data, self.settings.max_image_bytes)
+        check_image_size(len(data), self.settings.max_image_bytes)
         return self._open(data, preprocessor, digest)
 
     def _open(self, data: bytes, preprocessor, digest: bool) -> tuple[Image.Image, bytes | None]:
@@ -165,9 +165,9 @@ class ImagePreparer:
         return finish_preprocessing(image, preprocessor, self.settings.max_image_pixels)
 
 
-def check_image_bytes(data: bytes, max_image_bytes: int) -> None:
-    if len(data) > max_image_bytes:
-        raise ImageError(f"image is {len(data)} bytes, over the {max_image_bytes}-byte limit")
+def check_image_size(size: int, max_image_bytes: int) -> None:
+    if size > max_image_bytes:
+        raise ImageError(f"image is {size} bytes, over the {max_image_bytes}-byte limit")
 
 
 def finish_preprocessing(image: Image.Image, preprocessor, max_pixels: int) -> np.ndarray:
@@ -182,7 +182,7 @@ def finish_preprocessing(image: Image.Image, preprocessor, max_pixels: int) -> n
 def image_pixels(data: bytes, preprocessor, max_image_bytes: int, max_pixels: int) -> np.ndarray:
     """The model's input for one encoded image, under the server's limits, in one call
     (python -m app.batch; the server splits it to reserve memory between the steps)."""
-    check_image_bytes(data, max_image_bytes)
+    check_image_size(len(data), max_image_bytes)
     image = open_image(data, max_pixels, preprocessor.draft_min_side)
     return finish_preprocessing(image, preprocessor, max_pixels)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 
 from app.errors import Overloaded
 
@@ -89,43 +90,64 @@ class Reservation:
 class WeightedSemaphore:
     """An asyncio semaphore whose holders take different weights, served first come, first
     served (a large image is not starved by a stream of small ones). A weight over the
-    capacity is clamped to it: such an image decodes alone."""
+    capacity is clamped to it: such an image decodes alone.
+
+    Waiting and releasing happen on the event loop; `try_acquire` may also be called from a
+    decoding thread (which then decodes at once, without a round trip through the loop), so
+    the counts are guarded by a lock."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.available = capacity
         self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+        self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, weight: int) -> int:
+    def try_acquire(self, weight: int) -> int | None:
+        """The weight taken if it fits now and nobody waits ahead of it, else None."""
         weight = max(0, min(weight, self.capacity))
-        if not self._waiters and weight <= self.available:
-            self.available -= weight
-            return weight
+        with self._lock:
+            if not self._waiters and weight <= self.available:
+                self.available -= weight
+                return weight
+        return None
+
+    async def acquire(self, weight: int) -> int:
+        taken = self.try_acquire(weight)
+        if taken is not None:
+            return taken
+        weight = max(0, min(weight, self.capacity))
         future = asyncio.get_running_loop().create_future()
         entry = (weight, future)
-        self._waiters.append(entry)
+        with self._lock:
+            self._waiters.append(entry)
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release(weight)  # granted just as the waiter was cancelled
             else:
-                self._waiters.remove(entry)
+                with self._lock:
+                    self._waiters.remove(entry)
                 self._wake()  # the head may have left: those behind it may fit now
             raise
         return weight
 
     def release(self, weight: int) -> None:
-        self.available += weight
+        with self._lock:
+            self.available += weight
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self._waiters[0][0] <= self.available:
-            weight, future = self._waiters.popleft()
-            if not future.done():
-                self.available -= weight
-                future.set_result(None)
+        granted = []
+        with self._lock:
+            while self._waiters and self._waiters[0][0] <= self.available:
+                weight, future = self._waiters.popleft()
+                if not future.done():
+                    self.available -= weight
+                    granted.append(future)
+        for future in granted:
+            future.set_result(None)

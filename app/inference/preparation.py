@@ -96,6 +96,9 @@ class ImagePreparer:
         self, index: int, element: str | bytes, preprocessor, waiting, consult: Consult | None
     ) -> Any:
         digest = consult is not None
+        # Without a cache to consult between opening and decoding, a decoding thread that
+        # finds room in the pixel budget decodes at once: one trip to a thread per image.
+        decode_now = asyncio.get_running_loop() if consult is None else None
         try:
             source = classify(element)
             if source.kind is SourceKind.URL:
@@ -104,10 +107,13 @@ class ImagePreparer:
                     data = await self.fetcher.fetch(source.text)
                 finally:
                     waiting.fetching -= 1
-                image, sha256 = await self._in_thread(self._open, data, preprocessor, digest)
+                opened = await self._in_thread(self._open, data, preprocessor, digest, decode_now)
             else:
                 # base64 of a large photo takes milliseconds: in the thread too, off the event loop.
-                image, sha256 = await self._in_thread(self._open_inline, source, preprocessor, digest)
+                opened = await self._in_thread(self._open_inline, source, preprocessor, digest, decode_now)
+            if isinstance(opened, _Decoded):
+                return opened
+            image, sha256 = opened
             if consult is not None:
                 answer = await consult(index, sha256)
                 if answer is not None:
@@ -125,22 +131,23 @@ class ImagePreparer:
         """Run in a decoding thread, giving `pixels` back to the budget when the thread is
         done with them: a cancelled request's decode may still be running, holding memory."""
         loop = asyncio.get_running_loop()
-
-        def give_back(_) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
-                loop.call_soon_threadsafe(self.pixel_budget.release, pixels)
-
         try:
             job = self._threads.submit(function, *args)
         except RuntimeError:  # the pool is shut down
             self.pixel_budget.release(pixels)
             raise
-        job.add_done_callback(give_back)
+        job.add_done_callback(lambda _: self._give_back_from_thread(loop, pixels))
         return await asyncio.wrap_future(job)
 
+    def _give_back_from_thread(self, loop: asyncio.AbstractEventLoop, pixels: int) -> None:
+        """Pixels a decoding thread is done with, back to the budget on `loop`, where its
+        waiters are woken."""
+        with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+            loop.call_soon_threadsafe(self.pixel_budget.release, pixels)
+
     def _open_inline(
-        self, source: ImageSource, preprocessor, digest: bool
-    ) -> tuple[Image.Image, bytes | None]:
+        self, source: ImageSource, preprocessor, digest: bool, decode_now: asyncio.AbstractEventLoop | None
+    ) -> tuple[Image.Image, bytes | None] | _Decoded:
         limit = self.settings.max_image_bytes
         if source.kind is not SourceKind.FILE_BYTES and len(source.value) * 3 // 4 > limit * 1.1 + 1024:
             # Base64 far past the limit is refused before decoding it (which holds the GIL).
@@ -154,11 +161,22 @@ class ImagePreparer:
         else:
             data = source.data
         check_image_size(len(data), self.settings.max_image_bytes)
-        return self._open(data, preprocessor, digest)
+        return self._open(data, preprocessor, digest, decode_now)
 
-    def _open(self, data: bytes, preprocessor, digest: bool) -> tuple[Image.Image, bytes | None]:
-        """The image opened (header only), and the sha256 of its bytes when `digest`."""
+    def _open(
+        self, data: bytes, preprocessor, digest: bool, decode_now: asyncio.AbstractEventLoop | None
+    ) -> tuple[Image.Image, bytes | None] | _Decoded:
+        """The image opened (header only) and the sha256 of its bytes when `digest`; or,
+        given `decode_now` (the loop that owns the pixel budget) and room in the budget, its
+        pixels, decoded here."""
         image = open_image(data, self.settings.max_image_pixels, preprocessor.draft_min_side)
+        if decode_now:
+            taken = self.pixel_budget.try_acquire(image.width * image.height)
+            if taken is not None:
+                try:
+                    return _Decoded(self._finish(image, preprocessor))
+                finally:
+                    self._give_back_from_thread(decode_now, taken)
         return image, hashlib.sha256(data).digest() if digest else None
 
     def _finish(self, image: Image.Image, preprocessor) -> np.ndarray:

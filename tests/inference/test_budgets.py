@@ -73,3 +73,45 @@ def test_a_cancelled_waiter_leaves_nothing_behind():
         assert semaphore.available == 10 and semaphore.waiting == 0
 
     asyncio.run(scenario())
+
+
+def test_a_decoding_thread_takes_room_only_when_it_fits_and_nobody_waits_ahead():
+    async def scenario():
+        semaphore = WeightedSemaphore(10)
+        loop = asyncio.get_running_loop()
+        # From a thread, as the decoding threads call it.
+        assert await loop.run_in_executor(None, semaphore.try_acquire, 6) == 6
+        assert await loop.run_in_executor(None, semaphore.try_acquire, 5) is None  # does not fit
+        waiter = asyncio.create_task(semaphore.acquire(5))
+        await asyncio.sleep(0)
+        # 1 would fit, but a waiter is ahead of it: first come, first served holds for threads too.
+        assert await loop.run_in_executor(None, semaphore.try_acquire, 1) is None
+        loop.call_soon_threadsafe(semaphore.release, 6)  # as a thread gives its pixels back
+        assert await asyncio.wait_for(waiter, 1) == 5
+        assert semaphore.try_acquire(50) is None  # clamped to 10: waits for all of it
+        semaphore.release(5)
+        assert semaphore.try_acquire(50) == 10
+        semaphore.release(10)
+        assert semaphore.available == 10 and semaphore.waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_threads_taking_and_giving_back_room_at_once_lose_none_of_it():
+    async def scenario():
+        semaphore = WeightedSemaphore(1000)
+        loop = asyncio.get_running_loop()
+        taken = []
+
+        def decode_many():
+            for _ in range(2000):
+                weight = semaphore.try_acquire(7)
+                if weight is not None:
+                    taken.append(weight)
+                    loop.call_soon_threadsafe(semaphore.release, weight)
+
+        await asyncio.gather(*(loop.run_in_executor(None, decode_many) for _ in range(4)))
+        await asyncio.sleep(0.1)  # the last releases run on the loop
+        assert taken and semaphore.available == 1000
+
+    asyncio.run(scenario())

@@ -247,7 +247,7 @@ class ServedModel:
         # threads of its own (a backend with several infer requests).
         batcher = DynamicBatcher(
             backend.embed_batch,
-            max_batch=self.settings.max_batch_size,
+            max_batch=backend.max_batch_size,  # RUNTIME=auto may choose a smaller one
             concurrency=backend.concurrent_batches,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             more_expected=lambda: self._preparing > 0,

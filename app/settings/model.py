@@ -116,7 +116,13 @@ class ModelSettings(BaseSettings):
         description="auto (measured at start-up, with RUNTIME), throughput (several batches in flight on "
         "their own streams) or latency (one batch on every core)",
     )
-    max_batch_size: int = Field(32, ge=1, le=1024, description="most images in one forward pass")
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="most images in one forward pass; with RUNTIME=auto on a CPU, the most the measured "
+        "forward batch may be (the smallest batch that reaches the runtime's best speed)",
+    )
     max_batch_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="longest wait for more images before a forward pass"
     )

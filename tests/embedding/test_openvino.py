@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from app.embedding.selection import load_backend
 from app.settings import Settings
 from tests.support import photo
 from tests.tiny_models import FAMILIES
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # float32 in both runtimes: only the order of float operations differs (measured on the tiny
 # models: largest difference 2e-6 on values of order 1).
@@ -354,3 +358,28 @@ def test_a_conversion_prints_no_future_warning(tiny_models, tmp_path):
         warnings.simplefilter("error", FutureWarning)
         backend = load_backend(settings(tiny_models["vit"], tmp_path, runtime="openvino"))
     assert backend.describe()["platform"] == "openvino"
+
+
+def test_converting_a_model_sends_no_usage_telemetry(tiny_models, tmp_path):
+    """OpenVINO's converter reports usage to Google Analytics unless told not to, keeping a
+    client id and a usage count in ~/intel. A server start-up that converts a model runs
+    none of it (real start-up order: a fresh process)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    script = (
+        "from app.embedding.selection import load_backend\n"
+        "from app.settings import Settings\n"
+        f"load_backend(Settings(model_id={str(tiny_models['vit'])!r}, model_dir='/nonexistent', "
+        f"model_cache_dir={str(tmp_path / 'cache')!r}, runtime='openvino', openvino_hint='latency', "
+        "max_batch_size=2))\n"
+        "from openvino.tools.ovc import convert_impl\n"
+        "print(convert_impl.tm.__name__)\n"
+    )
+    # CI=true would turn the converter's reporting off by itself; a server has no such variable.
+    env = {key: value for key, value in os.environ.items() if key != "CI"} | {"HOME": str(home)}
+    process = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.strip().splitlines()[-1] == "openvino.tools.ovc.telemetry_stub"
+    assert not (home / "intel").exists()

@@ -8,10 +8,9 @@ with each hint whose embeddings match torch's (min cosine >= 0.99999 over every 
 with QUANTIZE=int8, OpenVINO int8 and float32, int8 chosen only where it is the faster.
 The winner is the fastest at the largest batch (the best of a few short rounds); among the
 candidates within 25% of it, the one with the lowest batch-1 latency; it runs batches of
-its knee (KNEE). The decision is
-cached in MODEL_CACHE_DIR/auto/, keyed by the model's files, the machine (usable CPUs, ISA)
-and the settings that change speed, so a restart loads only the winner. Part of the
-backend choice (selection.py)."""
+its knee (KNEE). The decision is cached in MODEL_CACHE_DIR/auto/, keyed by the model's
+files, the machine (usable CPUs, ISA) and the settings that change speed, so a restart
+loads only the winner. Part of the backend choice (selection.py)."""
 
 from __future__ import annotations
 
@@ -307,9 +306,9 @@ def _measure(
 
 def _knee(backend: RuntimeBackend, pixels: np.ndarray, at_largest: float) -> int:
     """The smallest power of two whose throughput is within KNEE of the best measured, the
-    largest batch's included. Smaller batches first, while the sweep stays
-    within PROBE_SECONDS: a large model whose small batches already fill the time keeps the
-    largest batch unless one of them has reached the knee."""
+    largest batch's included. Smaller batches first, while the sweep stays within
+    PROBE_SECONDS: a large model whose small batches already fill the time keeps the largest
+    batch unless one of them has reached the knee."""
     largest = backend.max_batch_size
     sizes = [1 << k for k in range(largest.bit_length()) if 1 << k < largest]
     speeds: dict[int, float] = {largest: at_largest}

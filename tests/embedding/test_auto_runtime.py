@@ -131,7 +131,7 @@ class TimedForward:
     """A backend reduced to the cost model of its forward (the knee is a rule on measured
     speeds): `per_call` seconds a batch plus `per_image` seconds an image."""
 
-    max_batch_size = 4
+    max_batch_size = 2
     default_pooling = PoolingStrategy.CLS
     concurrent_batches = 1
 
@@ -146,11 +146,12 @@ class TimedForward:
         return [np.zeros((len(batch), 2), np.float32)], None
 
 
-@pytest.mark.parametrize(("per_call", "per_image", "knee"), [(0.1, 0.0, 4), (0.0, 0.1, 1)])
+# Sleeps long enough that a loaded machine's late wake-ups (tens of ms) stay within the 5%.
+@pytest.mark.parametrize(("per_call", "per_image", "knee"), [(0.25, 0.0, 2), (0.0, 0.25, 1)])
 def test_the_forward_batch_is_the_smallest_that_reaches_the_best_speed(per_call, per_image, knee):
     backend = TimedForward(per_call, per_image)
     pixels = np.zeros((2, 3, 4, 4), np.float32)
-    largest = auto_runtime._throughput(backend, np.zeros((4, 3, 4, 4), np.float32))
+    largest = auto_runtime._throughput(backend, pixels)
     # A cost per batch: only the largest batch reaches the best speed. A cost per image:
     # every batch runs at the same speed, and a batch of one keeps requests from waiting.
     assert auto_runtime._knee(backend, pixels, largest) == knee

@@ -55,11 +55,16 @@ PROBE_SECONDS = 1.0  # throughput measured per candidate, in PROBE_ROUNDS rounds
 # hint for MobileNetV2, whose lone requests it serves in half the time, at equal speed).
 PROBE_ROUNDS = 3
 SINGLE_FORWARDS = 9  # batch-1 latency: the median of up to this many, within PROBE_SECONDS
-# The forward batch: the smallest power of two up to MAX_BATCH_SIZE that runs within 5% of
-# the candidate's best throughput. Past that knee a larger batch adds only waiting: on 2
-# cores MobileNetV2 served 188 and 193 img/s at 16 clients with batches of up to 4 and 8
-# against 165 with 32, in one run (the next requests' decoding overlaps a short forward).
+# The forward batch: the smallest power of two from MIN_FORWARD_BATCH up to MAX_BATCH_SIZE
+# that runs within 5% of the candidate's best throughput. Past that knee a larger batch adds
+# only waiting: on 2 cores MobileNetV2 served 188 and 193 img/s at 16 clients with batches
+# of up to 4 and 8 against 165 with 32, in one run (the next requests' decoding overlaps a
+# short forward).
 KNEE = 0.95
+# Not below 8 (or MAX_BATCH_SIZE): the sweep times the bare forward, not the server's own
+# cost per forward pass (collecting the batch, handing rows back to each request).
+# MobileNetV2 with a knee at 1 served 119 img/s at 16 clients.
+MIN_FORWARD_BATCH = 8
 SWEEP_ROUND_SECONDS = 0.2  # per batch size, while the sweep stays within PROBE_SECONDS
 PROBE_IMAGES = 8  # synthetic images for the equivalence check
 DECISION_VERSION = 2  # bump when the rule or the measurement changes
@@ -305,12 +310,12 @@ def _measure(
 
 
 def _knee(backend: RuntimeBackend, pixels: np.ndarray, at_largest: float) -> int:
-    """The smallest power of two whose throughput is within KNEE of the best measured, the
-    largest batch's included. Smaller batches first, while the sweep stays within
-    PROBE_SECONDS: a large model whose small batches already fill the time keeps the largest
-    batch unless one of them has reached the knee."""
+    """The smallest power of two from MIN_FORWARD_BATCH whose throughput is within KNEE of
+    the best measured, the largest batch's included. Smaller batches first, while the sweep
+    stays within PROBE_SECONDS: a large model whose smaller batches already fill the time
+    keeps the largest batch unless one of them has reached the knee."""
     largest = backend.max_batch_size
-    sizes = [1 << k for k in range(largest.bit_length()) if 1 << k < largest]
+    sizes = [1 << k for k in range(largest.bit_length()) if MIN_FORWARD_BATCH <= 1 << k < largest]
     speeds: dict[int, float] = {largest: at_largest}
     stop = time.monotonic() + PROBE_SECONDS
     for size in sizes:

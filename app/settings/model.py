@@ -121,7 +121,7 @@ class ModelSettings(BaseSettings):
         ge=1,
         le=1024,
         description="most images in one forward pass; with RUNTIME=auto on a CPU, the most the measured "
-        "forward batch may be (the smallest batch that reaches the runtime's best speed)",
+        "forward batch may be (the smallest from 8 that reaches the runtime's best speed)",
     )
     max_batch_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="longest wait for more images before a forward pass"

@@ -3,6 +3,7 @@ measured in one run (img/s at each runtime's best batch; the model's own forward
 decoding, no server).
 
     python -m bench.family_speed --model siglip2-base-224
+    python -m bench.family_speed --model siglip2-base-naflex-256
     python -m bench.family_speed --model dinov2-small --configs openvino:float32
 
 int8 of a random-weight shape is quantized with its fidelity gate opened (its embeddings

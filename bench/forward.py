@@ -9,6 +9,9 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
+
+from app.embedding.naflex import NaflexPreprocessor
 
 
 def _images_per_second(step, batch: int, seconds: float) -> float:
@@ -20,22 +23,44 @@ def _images_per_second(step, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+# A square image fills a NaFlex model's whole patch budget (its most common cost).
+SQUARE = Image.new("RGB", (512, 512), (128, 128, 128))
+
+
+def _eager_inputs(processor, batch: int) -> dict[str, torch.Tensor]:
+    """Random pixels in the model's input shape, as its processor makes them."""
+    if hasattr(processor, "max_num_patches"):  # NaFlex: patches, their mask and grid
+        features = processor(images=[SQUARE], return_tensors="pt")
+        inputs = {name: value.expand(batch, *value.shape[1:]) for name, value in features.items()}
+        return inputs | {"pixel_values": torch.randn(inputs["pixel_values"].shape)}
+    size = getattr(processor, "crop_size", None) or processor.size  # SigLIP resizes, no crop
+    return {"pixel_values": torch.randn(batch, 3, size.height, size.width)}
+
+
 def eager_fp32(folder, batches: tuple[int, ...], seconds: float) -> dict[int, float]:
     import transformers as tf
 
     model = tf.AutoModel.from_pretrained(folder).eval()
     processor = tf.AutoImageProcessor.from_pretrained(folder)
-    size = getattr(processor, "crop_size", None) or processor.size  # SigLIP resizes, no crop
-    pixels = {b: torch.randn(b, 3, size.height, size.width) for b in batches}
+    inputs = {b: _eager_inputs(processor, b) for b in batches}
 
     def step_for(b):
         def step():
             with torch.inference_mode():
-                model(pixel_values=pixels[b])
+                model(**inputs[b])
 
         return step
 
     return {b: _images_per_second(step_for(b), b, seconds) for b in batches}
+
+
+def backend_inputs(embedder, batch: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A batch of random pixels as the backend takes them (NaFlex: each a full patch grid)."""
+    template = embedder.preprocessor(SQUARE)
+    pixels = (rng or np.random.default_rng(0)).standard_normal((batch, *template.shape), dtype=np.float32)
+    if isinstance(embedder.preprocessor, NaflexPreprocessor):
+        pixels[:, 0] = template[0]  # the grid row
+    return pixels
 
 
 def configured(embedder, batches: tuple[int, ...], seconds: float) -> dict[int, float]:
@@ -47,7 +72,7 @@ def configured(embedder, batches: tuple[int, ...], seconds: float) -> dict[int, 
 
     strategy = embedder.default_pooling
     rng = np.random.default_rng(0)
-    pixels = {b: rng.standard_normal((b, *embedder.input_shape), dtype=np.float32) for b in batches}
+    pixels = {b: backend_inputs(embedder, b, rng) for b in batches}
 
     def step_for(b):
         return lambda: embedder.embed_batch(pixels[b], [PoolRequest(b, strategy, False)])
@@ -111,7 +136,7 @@ def forward_cpu_ms_per_image(embedder, batch: int, seconds: float) -> float:
 def batch_one_latency_ms(embedder, repeats: int = 20) -> float:
     from app.embedding.backend import PoolRequest
 
-    pixels = np.zeros((1, *embedder.input_shape), dtype=np.float32)
+    pixels = backend_inputs(embedder, 1)
     request = [PoolRequest(1, embedder.default_pooling, False)]
     embedder.embed_batch(pixels, request)
     times = []

@@ -1,6 +1,6 @@
 """The benchmark models: the real MobileNetV2 (embedded default), random-weight
-DINOv2-shaped ViTs and SigLIP 2's base image tower at 224 (the forward's cost depends on
-the shape, not the weights)."""
+DINOv2-shaped ViTs and SigLIP 2's base image tower at 224 and NaFlex 256 patches (the
+forward's cost depends on the shape, not the weights)."""
 
 from __future__ import annotations
 
@@ -42,11 +42,13 @@ def prepare_model(name: str, cache: Path) -> Path:
         return folder
     if name == "siglip2-base-224":
         return _siglip2_base(cache / "siglip2-base-224-random")
+    if name == "siglip2-base-naflex-256":
+        return _siglip2_naflex_base(cache / "siglip2-base-naflex-256-random")
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise SystemExit(
-            f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)}, siglip2-base-224 "
-            "or a model folder"
+            f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)}, siglip2-base-224, "
+            "siglip2-base-naflex-256 or a model folder"
         )
     return folder
 
@@ -62,4 +64,19 @@ def _siglip2_base(folder: Path) -> Path:
         config = tf.SiglipVisionConfig(**VIT_BASE, image_size=224, patch_size=16)
         tf.SiglipVisionModel(config).save_pretrained(folder)
         tf.SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=2).save_pretrained(folder)
+    return folder
+
+
+def _siglip2_naflex_base(folder: Path) -> Path:
+    """google/siglip2-base-patch16-naflex's image tower (ViT-B/16, a 16x16 position grid
+    resized to each image's patch grid, attention-pooling head) and its processor (at most
+    256 patches of 16x16, bilinear, mean and std 0.5)."""
+    if not (folder / "config.json").is_file():
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(0)
+        config = tf.Siglip2VisionConfig(**VIT_BASE, patch_size=16, num_patches=256)
+        tf.Siglip2VisionModel(config).save_pretrained(folder)
+        tf.Siglip2ImageProcessorPil(patch_size=16, max_num_patches=256).save_pretrained(folder)
     return folder

@@ -11,6 +11,7 @@ import transformers as tf
 VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
 SQUARE_32 = {"height": 32, "width": 32}
+NAFLEX_VISION = dict(**VIT, patch_size=8, num_patches=16)
 
 
 def _processor_resize_crop(cls, shortest: int, crop: int, **extra):
@@ -73,6 +74,12 @@ def _builders():
             ),
             lambda: tf.SiglipImageProcessorPil(size=SQUARE_32),
         ),
+        # SigLIP 2 NaFlex's image tower: a 4x4 position grid resized to each image's own
+        # patch grid, at most 20 patches (so images of other aspect ratios have other counts).
+        "siglip2_naflex": (
+            lambda: tf.Siglip2VisionModel(tf.Siglip2VisionConfig(**NAFLEX_VISION)),
+            lambda: tf.Siglip2ImageProcessorPil(patch_size=8, max_num_patches=20),
+        ),
         # A classification checkpoint: it has no pooler weights.
         "vit": (
             lambda: tf.ViTForImageClassification(
@@ -133,7 +140,7 @@ def build_tiny_model(family: str, folder: Path) -> Path:
 # working tokenizers built offline: a small byte-level BPE vocabulary for CLIP, small trained
 # sentencepiece models for SigLIP and for MetaCLIP 2's XLM-RoBERTa tokenizer. Real sequence
 # lengths (77, 64): padding is part of what is tested.
-TEXT_FAMILIES = ("clip", "metaclip_2", "siglip", "siglip2")
+TEXT_FAMILIES = ("clip", "metaclip_2", "siglip", "siglip2", "siglip2_naflex")
 _CORPUS = [
     "a photo of a cat",
     "a photo of a dog",
@@ -243,7 +250,7 @@ def build_text_model(family: str, folder: Path) -> Path:
         )
         model = model_class(config_class(text_config=text, vision_config=vision, projection_dim=24))
         processor = _processor_resize_crop(tf.CLIPImageProcessorPil, 32, 32)
-    else:  # SigLIP; SigLIP 2 fixed-resolution: the same model, Gemma's tokenizer
+    else:  # SigLIP; SigLIP 2 (fixed-resolution: a SigLIP model; NaFlex): Gemma's tokenizer
         tokenizer = (_siglip_tokenizer if family == "siglip" else _gemma_tokenizer)(folder)
         text = dict(
             TEXT,
@@ -253,8 +260,12 @@ def build_text_model(family: str, folder: Path) -> Path:
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
-        processor = tf.SiglipImageProcessorPil(size=SQUARE_32)
+        if family == "siglip2_naflex":
+            model = tf.Siglip2Model(tf.Siglip2Config(text_config=text, vision_config=NAFLEX_VISION))
+            processor = tf.Siglip2ImageProcessorPil(patch_size=8, max_num_patches=20)
+        else:
+            model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
+            processor = tf.SiglipImageProcessorPil(size=SQUARE_32)
     model.eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

@@ -35,6 +35,8 @@ def model_identity(settings: ModelSettings, files: Path, runtime: dict[str, str]
         "fast_preprocessing": settings.fast_preprocessing,
         "versions": [__version__, numpy.__version__, PIL.__version__, *_runtime_versions(runtime)],
     }
+    if settings.max_num_patches:  # NaFlex: another patch budget, other embeddings
+        material["max_num_patches"] = settings.max_num_patches
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 

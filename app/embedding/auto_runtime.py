@@ -80,6 +80,7 @@ _SPEED_SETTINGS = {
     "torch_threads",
     "channels_last",
     "fast_preprocessing",
+    "max_num_patches",
 }
 
 

@@ -1,5 +1,6 @@
 """The runtime backend interface: what the serving side (batcher, served model) needs from
-whatever runs the model. Images cross the seam as numpy float32 arrays [n, 3, H, W] and
+whatever runs the model. Images cross the seam as numpy float32 arrays [n, 3, H, W] (SigLIP 2
+NaFlex: [n, 1 + patches, values per patch], see naflex.py) and
 embeddings come back as numpy float32 rows, so the serving side imports no runtime (no
 torch here either). This module imports no backend: `TorchBackend` (torch_backend.py) and
 `OpenVinoBackend` (openvino_backend.py) implement it, and selection.py picks one. A third
@@ -55,6 +56,10 @@ class ImagePreprocessor(Protocol):
 
     def __call__(self, image: Image.Image) -> np.ndarray: ...
 
+    def batch_inputs(self, stacked: np.ndarray) -> np.ndarray:
+        """The stacked images as the model takes them (a NaFlex batch is cut to its longest
+        image's patches; other models take them as they are)."""
+
 
 class RuntimeBackend(Protocol):
     @property
@@ -93,6 +98,11 @@ class RuntimeBackend(Protocol):
     def check_text(self) -> None:
         """Raise BadRequest (400), saying why, when this model cannot embed text."""
 
+    @property
+    def text_logits(self) -> dict[str, float]:
+        """The model's image-text logit scale (exponentiated) and, for SigLIP, bias:
+        logits = logit_scale * cosine + logit_bias. Empty without a text tower."""
+
     def tokenize(self, texts: list[str]):
         """TokenizedTexts (app/embedding/text_tower.py) for the text tower; thread-safe."""
 
@@ -102,8 +112,8 @@ class RuntimeBackend(Protocol):
     def embed_batch(
         self, pixels: np.ndarray, requests: list[PoolRequest]
     ) -> tuple[list[np.ndarray], ExecutionTiming]:
-        """One forward pass over the requests' inputs (stacked in order: images [n, 3, H, W]
-        float32, or text tokens); each request gets its own rows, pooled and normalised its
+        """One forward pass over the requests' inputs (stacked in order: images [n, *input
+        shape] float32, or text tokens); each request gets its own rows, pooled and normalised its
         own way."""
 
     def is_out_of_memory(self, exc: BaseException) -> bool:

@@ -17,11 +17,14 @@ from transformers import (
     MetaClip2VisionModelWithProjection,
     PretrainedConfig,
     PreTrainedModel,
+    Siglip2Model,
+    Siglip2VisionModel,
     SiglipModel,
     SiglipVisionModel,
 )
 from transformers.models.clip.modeling_clip import CLIPVisionModelOutput
 
+from app.embedding.naflex import NaflexImages, NaflexOutput
 from app.embedding.pooling import PoolingStrategy
 from app.embedding.text_tower import TextTower
 
@@ -178,6 +181,32 @@ class SiglipAdapter(FamilyAdapter):
         return hidden.mean(dim=1) if strategy == MEAN else hidden.amax(dim=1)
 
 
+class Siglip2NaflexAdapter(SiglipAdapter):
+    """SigLIP 2 NaFlex: SigLIP's rules over each image's own patches (app/embedding/naflex.py).
+    CLS = the attention-pooling head, which the mask keeps to the image's patches; mean and
+    max skip the padding that a batch of other shapes adds."""
+
+    name = "siglip2"
+
+    def load(self, path, config, **kwargs):
+        vision_config = config.vision_config if config.model_type == "siglip2" else config
+        return NaflexImages(Siglip2VisionModel.from_pretrained(path, config=vision_config, **kwargs))
+
+    def load_with_text(self, path, config, tokenizer, **kwargs):
+        full = Siglip2Model.from_pretrained(path, config=config, **kwargs)
+        # The text tower is SigLIP's: padded to 64, unmasked, its pooled head.
+        return NaflexImages(full.vision_model), TextTower(full, tokenizer, "siglip")
+
+    def pool(self, outputs: NaflexOutput, strategy):
+        if strategy == CLS:
+            return outputs.pooler_output
+        hidden = outputs.last_hidden_state
+        own = outputs.attention_mask.bool()[..., None]
+        if strategy == MEAN:
+            return (hidden * own).sum(dim=1) / own.sum(dim=1)
+        return hidden.masked_fill(~own, float("-inf")).amax(dim=1)
+
+
 class _ClipImages(torch.nn.Module):
     """A full CLIPModel's image side, answering like CLIPVisionModelWithProjection."""
 
@@ -244,6 +273,8 @@ _BY_MODEL_TYPE = {
     "metaclip_2_vision_model": ClipAdapter,
     "siglip": SiglipAdapter,
     "siglip_vision_model": SiglipAdapter,
+    "siglip2": Siglip2NaflexAdapter,
+    "siglip2_vision_model": Siglip2NaflexAdapter,
     "swin": TokenAdapter,
     "swinv2": TokenAdapter,
     "convnext": FeatureMapAdapter,

@@ -74,18 +74,8 @@ def load_config(location: str, trust_remote_code: bool = False) -> PretrainedCon
         raise StartupError(remote_code_refusal(location)) from None
 
 
-# Families transformers knows whose inputs are not one [3, H, W] array per image.
-NOT_SERVED = {
-    "siglip2": "SigLIP 2 NaFlex checkpoints (model_type siglip2: a variable number of patches per "
-    "image) are not served yet; SigLIP 2's fixed-resolution checkpoints are "
-    "(google/siglip2-base-patch16-224, -256, -384, -512, so400m-patch14-384, ...)",
-}
-
-
 def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     config = load_config(source.location, source.trust_remote_code)
-    if config.model_type in NOT_SERVED:
-        raise StartupError(NOT_SERVED[config.model_type])
     adapter = adapter_for(config)
     kwargs = {"dtype": dtype}
     text = None

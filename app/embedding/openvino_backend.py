@@ -44,7 +44,7 @@ class OpenVinoBackend:
         self.input_shape = tuple(info.input_shape)
         self.max_batch_size = settings.max_batch_size
         self.preprocessor = make_preprocessor(
-            load_image_processor(str(folder)), allow_fast=settings.fast_preprocessing
+            load_image_processor(str(folder)), settings.fast_preprocessing, settings.max_num_patches
         )
         # float32 unless asked for bf16: OpenVINO would pick bf16 by itself on CPUs that have it.
         self.inference_precision = "bf16" if settings.dtype == DTypeSetting.BFLOAT16 else "f32"
@@ -112,6 +112,8 @@ class OpenVinoBackend:
     def tokenize(self, texts: list[str]):
         self.check_text()
 
+    text_logits: dict[str, float] = {}  # no text tower here
+
     def adopt_thread(self) -> None:
         """Nothing to do: OpenVINO runs on its own thread pool whatever thread calls it."""
 
@@ -142,7 +144,7 @@ class OpenVinoBackend:
         self, pixels: np.ndarray, requests: list[PoolRequest]
     ) -> tuple[list[np.ndarray], ExecutionTiming]:
         t0 = time.perf_counter_ns()
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        pixels = np.ascontiguousarray(self.preprocessor.batch_inputs(pixels), dtype=np.float32)
         request = self._requests.get()  # a free one: at most concurrent_batches callers at once
         t1 = time.perf_counter_ns()
         try:

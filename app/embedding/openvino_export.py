@@ -46,7 +46,7 @@ class ExportInfo:
     poolings: list[str]  # the graph's outputs, in order, each named by its pooling
     default_pooling: str
     embedding_dim: int
-    input_shape: list[int]  # [3, H, W]
+    input_shape: list[int]  # [3, H, W]; NaFlex: [1 + max patches, values per patch]
     precision: str  # float32 or int8
     fidelity: dict | None = None  # int8: app.embedding.fidelity.Fidelity on held-out images
 
@@ -152,6 +152,7 @@ def export_key(folder: Path, settings: ModelSettings) -> str:
             "calibration": folder_digest(_calibration_dir(settings)),
             "max_cosine_drop": settings.quantize_max_cosine_drop,
             "fast_preprocessing": settings.fast_preprocessing,
+            "max_num_patches": settings.max_num_patches,
         }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -189,13 +190,17 @@ def _convert(folder: Path, model_id: str, settings: ModelSettings):
     import torch
 
     from app.embedding.loader import load_model
+    from app.embedding.naflex import NaflexPreprocessor
     from app.embedding.pooled_graph import PooledOutputs, resolve_adapter
     from app.embedding.preprocess import make_preprocessor, probe_image
 
     source = ModelSource(str(folder), model_id, str(folder), settings.trust_remote_code)
     loaded = load_model(source, torch.device("cpu"), torch.float32)
-    preprocessor = make_preprocessor(loaded.processor, allow_fast=settings.fast_preprocessing)
+    preprocessor = make_preprocessor(loaded.processor, settings.fast_preprocessing, settings.max_num_patches)
     probe = torch.from_numpy(preprocessor(probe_image()))[None]
+    # The batch is dynamic; so is a NaFlex batch's patch count (cut to its longest image).
+    naflex = isinstance(preprocessor, NaflexPreprocessor)
+    shape = ov.PartialShape([-1, -1, *probe.shape[2:]] if naflex else [-1, *probe.shape[1:]])
     adapter = resolve_adapter(loaded, probe)
     graph = PooledOutputs(loaded.model, adapter).eval()
     # The tracer warns where a shape becomes a constant (padding from the input's height and
@@ -207,7 +212,7 @@ def _convert(folder: Path, model_id: str, settings: ModelSettings):
         # every conversion that says nothing to a user of this server).
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
         embedding_dim = int(graph(probe)[0].shape[-1])
-        model = ov.convert_model(graph, example_input=probe, input=[ov.PartialShape([-1, *probe.shape[1:]])])
+        model = ov.convert_model(graph, example_input=probe, input=[shape])
     for output, strategy in zip(model.outputs, adapter.supported, strict=True):
         output.get_tensor().set_names({strategy.value})
     info = ExportInfo(

@@ -8,15 +8,22 @@ multiply-add in numpy (a 640x480 JPEG data URI, base64 to tensor: 4.2 ms, was 8.
 the processor's embeddings to cosine 0.99999 at a fraction of its cost. No torch op runs
 here: torch's OpenMP teams in several decoding threads would fight the forward pass's
 threads for the cores (measured: half the throughput). Any other processor is called as
-it is. Both give numpy [3, H, W] float32: the runtime backends' common input.
+it is. Both give numpy [3, H, W] float32: the runtime backends' common input. SigLIP 2
+NaFlex processors (variable patch grids) take their own path: naflex.py.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from app.embedding.backend import ImagePreprocessor
+from app.embedding.naflex import NaflexPreprocessor, is_naflex_processor
+
+log = logging.getLogger(__name__)
 
 # Processors whose whole pipeline is resize -> [centre crop] -> rescale -> normalise.
 _SIMPLE_PROCESSORS = (
@@ -43,6 +50,10 @@ class Preprocessor:
         # numpy, not torch: a torch op in a decoding thread would give it an OpenMP team.
         pixels = self.processor(images=[image], return_tensors="np")["pixel_values"][0]
         return np.ascontiguousarray(pixels, dtype=np.float32)
+
+    @staticmethod
+    def batch_inputs(stacked: np.ndarray) -> np.ndarray:
+        return stacked  # every image has the same shape
 
 
 class FastPreprocessor(Preprocessor):
@@ -107,7 +118,20 @@ def probe_image() -> Image.Image:
     return Image.new("RGB", (64, 64), (128, 128, 128))
 
 
-def make_preprocessor(processor, allow_fast: bool = True) -> Preprocessor:
+def make_preprocessor(
+    processor, allow_fast: bool = True, max_num_patches: int | None = None
+) -> ImagePreprocessor:
+    """The image path for the folder's processor; `max_num_patches` (MAX_NUM_PATCHES)
+    replaces a NaFlex processor's own."""
+    if is_naflex_processor(processor):
+        return NaflexPreprocessor(processor, fast=allow_fast, max_patches=max_num_patches)
+    if max_num_patches:
+        log.warning(
+            "MAX_NUM_PATCHES=%d ignored: it sizes SigLIP 2 NaFlex inputs; this model's processor (%s) "
+            "has a fixed input size",
+            max_num_patches,
+            type(processor).__name__,
+        )
     if allow_fast:
         plan = _fast_plan(processor)
         if plan is not None:

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-# Model types whose folders may hold a text tower (MetaCLIP 2's is CLIP's text transformer).
-TEXT_FAMILIES = ("clip", "metaclip_2", "siglip")
+# Model types whose folders may hold a text tower (MetaCLIP 2's is CLIP's text transformer,
+# SigLIP 2 NaFlex's is SigLIP's, with transformers' Siglip2Tokenizer: Gemma's, lower-cased).
+TEXT_FAMILIES = ("clip", "metaclip_2", "siglip", "siglip2")
 CLIP_LENGTH_BUCKETS = (16, 32, 48)
 
 
@@ -43,6 +44,11 @@ class TextTower:
         self.max_length = int(model.config.text_config.max_position_embeddings)
         # SigLIP is trained without an attention mask (padding tokens are attended to).
         self.use_attention_mask = family == "clip"
+        # What turns the cosine of normalised embeddings into the model's logits (SigLIP: a
+        # sigmoid of them is the match probability).
+        self.logits = {"logit_scale": float(model.logit_scale.exp())}
+        if getattr(model, "logit_bias", None) is not None:
+            self.logits["logit_bias"] = float(model.logit_bias)
 
     def tokenize(self, texts: list[str]) -> TokenizedTexts:
         """Off the model thread (it runs no torch op), from any number of threads: the two

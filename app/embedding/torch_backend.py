@@ -33,14 +33,20 @@ PLATFORM = "pytorch_transformers"
 class TorchBackend:
     concurrent_batches = 1  # every forward on the one model thread (see model_thread.py)
 
-    def __init__(self, loaded: LoadedModel, options: ExecutionOptions, fast_preprocessing: bool = True):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        options: ExecutionOptions,
+        fast_preprocessing: bool = True,
+        max_num_patches: int | None = None,
+    ):
         self.options = options
         self.device = options.device
         self.dtype = options.dtype
         self.max_batch_size = options.max_batch_size
         self.model_id = loaded.source.model_id
         self.model_type = loaded.config.model_type
-        self.preprocessor = make_preprocessor(loaded.processor, allow_fast=fast_preprocessing)
+        self.preprocessor = make_preprocessor(loaded.processor, fast_preprocessing, max_num_patches)
         self.model = loaded.model
         self.text = loaded.text
         self.modalities = (IMAGE, TEXT) if self.text is not None else (IMAGE,)
@@ -71,7 +77,7 @@ class TorchBackend:
             max_batch_size=settings.max_batch_size,
             threads=threads,
         )
-        embedder = cls(loaded, options, settings.fast_preprocessing)
+        embedder = cls(loaded, options, settings.fast_preprocessing, settings.max_num_patches)
         embedder.warm_up()
         log.info(
             "loaded model %s (%s, family %s, %d-d embeddings) from %s on %s as %s "
@@ -111,6 +117,10 @@ class TorchBackend:
 
     def check_text(self) -> None:
         self._text_tower()
+
+    @property
+    def text_logits(self) -> dict[str, float]:
+        return dict(self.text.logits) if self.text is not None else {}
 
     def _text_tower(self) -> TextTower:
         if self.text is None:
@@ -161,6 +171,8 @@ class TorchBackend:
             return self._embed_texts(pixels, requests)
         t0 = time.perf_counter_ns()
         if isinstance(pixels, np.ndarray):
+            if not self.options.compile:  # compiled: fixed shapes (a NaFlex batch at its full budget)
+                pixels = self.preprocessor.batch_inputs(pixels)
             pixels = torch.from_numpy(pixels)  # no copy
         batch = pixels.shape[0]
         if self.options.compile:

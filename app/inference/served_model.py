@@ -83,6 +83,7 @@ class ModelDescription:
     max_texts: int
     modalities: tuple[str, ...]  # image, and text for a model with its text tower
     runtime: dict[str, str]  # platform, family, device, dtype (RuntimeBackend.describe)
+    text_logits: dict[str, float]  # logit_scale and (SigLIP) logit_bias; empty without text
 
 
 class ServedModel:
@@ -398,6 +399,7 @@ class ServedModel:
             max_texts=self.limits.max_texts,
             modalities=tuple(backend.modalities),
             runtime=backend.describe(),
+            text_logits=backend.text_logits,
         )
 
     # --- inference -------------------------------------------------------------------------

@@ -91,5 +91,6 @@ def model_metadata(description: ModelDescription) -> dict:
             "max_images_per_request": description.max_images,
             "modalities": list(description.modalities),
             **({"max_texts_per_request": description.max_texts} if has_text else {}),
+            **description.text_logits,
         },
     }

@@ -140,6 +140,13 @@ class ModelSettings(BaseSettings):
     fast_preprocessing: bool = Field(
         True, description="uint8 torch resize/crop/normalise instead of the transformers processor"
     )
+    max_num_patches: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="SigLIP 2 NaFlex: patches per image at most (aspect ratio kept); default: the "
+        "model folder's processor setting",
+    )
     torch_threads: int = Field(
         0, ge=0, le=1024, description="intra-op threads (torch, or OpenVINO's); 0: usable cores / WORKERS"
     )

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import transformers as tf
 import tritonclient.http as triton
 
 from tests.embedding.test_text import reference_text_features
@@ -70,6 +71,12 @@ def test_metadata_lists_the_text_input_and_modalities(server):
     assert {"name": "text", "datatype": "BYTES", "shape": [-1]} in metadata["inputs"]
     assert metadata["parameters"]["modalities"] == ["image", "text"]
     assert metadata["parameters"]["max_texts_per_request"] == 8
+    # What turns cosines into the model's logits: CLIP's scale, SigLIP's scale and bias.
+    model = tf.AutoModel.from_pretrained(server.folder)
+    logits = {"logit_scale": pytest.approx(float(model.logit_scale.exp()))}
+    if server.family == "siglip":
+        logits["logit_bias"] = pytest.approx(float(model.logit_bias))
+    assert {k: v for k, v in metadata["parameters"].items() if k.startswith("logit_")} == logits
 
 
 def test_tritonclient_sends_text_as_bytes(server):

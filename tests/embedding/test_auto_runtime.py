@@ -95,36 +95,41 @@ def measured(runtime, hint, precision, images_per_second, batch1_ms, batch_size=
 
 
 def test_a_burst_on_a_shared_machine_slows_a_round_not_the_candidate(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setattr(auto_runtime, "PROBE_SECONDS", 1.5)  # rounds of 0.5 s
+    # Rounds of 4/3 s: the two slowed rounds (at most 1.6 s each, however loaded this machine
+    # is) leave time for a third within the probe.
+    monkeypatch.setattr(auto_runtime, "PROBE_SECONDS", 4.0)
+    # One intra-op thread: an OpenMP team of two on a loaded two-core machine spins its
+    # forwards into hundreds of milliseconds, and the quiet round would not be quiet.
     backend = TorchBackend.from_settings(
-        model_settings(tiny_models["vit"], tmp_path / "cache", runtime="torch", max_batch_size=2)
+        model_settings(
+            tiny_models["vit"], tmp_path / "cache", runtime="torch", max_batch_size=2, torch_threads=1
+        )
     )
     pixels = np.stack([backend.preprocessor(photo(name)) for name in ("chelsea", "coffee")])
     forward, one_round = backend.embed_batch, auto_runtime._throughput
-    rounds = 0
+    readings: list[float] = []
 
     def counted_round(*args):
-        nonlocal rounds
-        rounds += 1
-        return one_round(*args)
+        readings.append(one_round(*args))
+        return readings[-1]
 
     def neighbour_burst_then_quiet(batch, requests):
         # Failure injection: in the first two rounds every forward waits 0.25 s (a
-        # neighbour holding the cores), then the machine is quiet again.
-        if rounds <= 2:
+        # neighbour holding the cores: at most 2 images / 0.25 s = 8 img/s), then the
+        # machine is quiet again.
+        if len(readings) < 2:
             time.sleep(0.25)
         return forward(batch, requests)
 
     monkeypatch.setattr(auto_runtime, "_throughput", counted_round)
     backend.embed_batch = neighbour_burst_then_quiet
     measured = auto_runtime._measure(backend, pixels, "torch", None, "float32", None)
-    backend.embed_batch = forward
-    quiet = one_round(backend, np.resize(pixels, (2, *pixels.shape[1:])))
-    assert rounds >= 3  # three rounds at the largest batch, then the sweep of smaller ones
-    # One reading over the whole time would be dragged to about a third of the quiet speed
-    # (8 images/s while the burst lasts); the best round is the quiet one.
-    assert measured.images_per_second > 0.5 * quiet
-    assert measured.images_per_second > 5 * 8
+    assert len(readings) >= 3 and max(readings[:2]) <= 8.5
+    quiet = readings[2]
+    assert quiet > 3 * max(readings[:2])  # the tiny model's forward, even on a loaded machine
+    # One reading over the whole probe would be dragged to about a third of the quiet
+    # round's speed; the candidate is measured by its best round.
+    assert measured.images_per_second >= quiet
 
 
 class TimedForward:

@@ -177,16 +177,6 @@ def test_clip_vision_tower_without_projection_is_refused(tmp_path, tmp_path_fact
         load(tmp_path, tmp_path_factory)
 
 
-def test_a_siglip2_naflex_checkpoint_is_refused_saying_what_serves(tmp_path, tmp_path_factory):
-    from app.embedding.preflight import StartupError
-    from tests.tiny_models import TEXT, VIT
-
-    vision = dict(VIT, num_patches=16, patch_size=8)
-    tf.Siglip2Model(tf.Siglip2Config(text_config=TEXT, vision_config=vision)).save_pretrained(tmp_path)
-    with pytest.raises(StartupError, match="NaFlex.*siglip2-base-patch16-224"):
-        load(tmp_path, tmp_path_factory)
-
-
 def test_reduced_precision_runs_and_stays_close(tiny_models, images, tmp_path_factory):
     path = tiny_models["dinov2"]
     full, _ = load(path, tmp_path_factory).embed(images, CLS, True)

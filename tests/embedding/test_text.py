@@ -16,7 +16,8 @@ from tests.support import photo
 from tests.tiny_models import TEXT_FAMILIES
 
 TEXTS = ["a photo of a cat", "coins", "", "an astronaut in space " * 40, "Ünïcödé ✓ 東京", "A Photo Of A Dog"]
-SIGLIP = ("siglip", "siglip2")  # SigLIP 2 fixed-resolution: a SigLIP model with Gemma's tokenizer
+# SigLIP 2 fixed-resolution: a SigLIP model with Gemma's tokenizer; NaFlex: its own classes.
+SIGLIP = ("siglip", "siglip2", "siglip2_naflex")
 
 
 def backend_for(folder, **overrides):
@@ -28,7 +29,7 @@ def backend_for(folder, **overrides):
 
 def reference_tokenizer(folder, family: str):
     """transformers' own: SigLIP 2's tokenizer class lower-cases as SigLIP 2 was trained."""
-    if family == "siglip2":
+    if family.startswith("siglip2"):
         return tf.Siglip2Tokenizer.from_pretrained(folder)
     return tf.AutoTokenizer.from_pretrained(folder)
 
@@ -58,7 +59,7 @@ def embed_texts(backend, texts, normalize=False) -> np.ndarray:
 def test_text_embeddings_are_the_models_text_features(family, text_models):
     backend = backend_for(text_models[family])
     assert backend.modalities == ("image", "text")
-    assert backend.text.max_length == {"clip": 77, "metaclip_2": 77, "siglip": 64, "siglip2": 64}[family]
+    assert backend.text.max_length == {"clip": 77, "metaclip_2": 77}.get(family, 64)
     expected = reference_text_features(text_models[family], family, TEXTS, backend.text.max_length)
     torch.testing.assert_close(torch.from_numpy(embed_texts(backend, TEXTS)), expected)
     # One text alone, or in another batch, gets the same row.
@@ -79,15 +80,18 @@ def test_server_embeddings_give_the_models_logits_per_image(family, text_models)
     tokens = reference_tokenizer(folder, family)(
         texts, padding="max_length", max_length=backend.text.max_length, return_tensors="pt"
     )
-    pixels = tf.AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="pt")["pixel_values"]
+    # pixel_values; NaFlex: with its pixel_attention_mask and spatial_shapes.
+    pixels = tf.AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="pt")
     with torch.inference_mode():
         if family in SIGLIP:
-            out = model(input_ids=tokens["input_ids"], pixel_values=pixels)
+            out = model(input_ids=tokens["input_ids"], **pixels)
         else:
-            out = model(**tokens, pixel_values=pixels)
-    logits = torch.from_numpy(image_rows @ text_rows.T) * model.logit_scale.exp()
-    if family in SIGLIP:
-        logits = logits + model.logit_bias
+            out = model(**tokens, **pixels)
+    # With the scale and bias the server reports (model metadata's parameters).
+    reported = backend.text_logits
+    assert set(reported) == ({"logit_scale", "logit_bias"} if family in SIGLIP else {"logit_scale"})
+    cosines = torch.from_numpy(image_rows @ text_rows.T)
+    logits = cosines * reported["logit_scale"] + reported.get("logit_bias", 0.0)
     torch.testing.assert_close(logits, out.logits_per_image, rtol=1e-4, atol=1e-4)
 
 
@@ -148,7 +152,7 @@ def test_image_embeddings_of_a_full_model_match_its_vision_tower(text_models, ti
             images=images, return_tensors="pt"
         )
         with torch.inference_mode():
-            expected = model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output
+            expected = model.get_image_features(**pixels).pooler_output
         torch.testing.assert_close(torch.from_numpy(rows), expected)
 
 

@@ -88,6 +88,10 @@ class FakePreprocessor:
     def __call__(self, image):
         return np.asarray(image.convert("RGB").resize((4, 4)), dtype=np.float32).transpose(2, 0, 1) / 255
 
+    @staticmethod
+    def batch_inputs(stacked):
+        return stacked
+
 
 class FakeBackend:
     """Fits RuntimeBackend: a 3-d embedding per image (its mean colour)."""
@@ -96,6 +100,7 @@ class FakeBackend:
     embedding_dim = 3
     max_batch_size = 8
     modalities = (IMAGE,)
+    text_logits: dict[str, float] = {}
     concurrent_batches = 1
     supported_poolings = (PoolingStrategy.CLS, PoolingStrategy.MEAN)
     default_pooling = PoolingStrategy.CLS

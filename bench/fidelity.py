@@ -1,5 +1,5 @@
 """Fidelity of every runtime x precision against torch float32, on the real MobileNetV2
-(or --model's folder) and real photos (bench/photos.py: 16 photos and their mirror images,
+(or --model's folder or bench shape) and real photos (bench/photos.py: 16 photos and their mirror images,
 none of them used for int8 calibration): min and mean cosine between the two embeddings of
 each photo, and how many photos keep their nearest neighbour. A configuration under 0.995 min cosine, or one
 that loses a neighbour, is not recommended.
@@ -8,6 +8,8 @@ that loses a neighbour, is not recommended.
     python -m bench.fidelity --configs torch:bfloat16,openvino:int8 --calibration DIR
     python -m bench.fidelity --configs torch:float16 --device cuda
     python -m bench.fidelity --model models/siglip2-base-patch16-224     # any family's folder
+    python -m bench.fidelity --model siglip2-base-naflex-256             # a bench shape
+    .venv-openclip/bin/python -m bench.fidelity --model open-clip-vit-b-32 --configs openvino:float32
 """
 
 from __future__ import annotations
@@ -85,14 +87,17 @@ def main(argv=None) -> list[dict]:
     )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "image-embed")
     parser.add_argument(
-        "--model", type=Path, help="a model folder (python -m app.models fetch); default: MobileNetV2"
+        "--model",
+        help="a model folder (python -m app.models fetch) or a bench shape (bench/models.py); "
+        "default: MobileNetV2",
     )
     args = parser.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     from app.embedding.default_model import ensure_default_model
+    from bench.models import prepare_model
     from bench.photos import write_calibration_dir
 
-    folder = args.model or ensure_default_model(args.cache)
+    folder = prepare_model(args.model, args.cache) if args.model else ensure_default_model(args.cache)
     base = dict(
         model_id=str(folder),
         runtime="torch",  # the reference; each configuration names its own

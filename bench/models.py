@@ -44,11 +44,13 @@ def prepare_model(name: str, cache: Path) -> Path:
         return _siglip2_base(cache / "siglip2-base-224-random")
     if name == "siglip2-base-naflex-256":
         return _siglip2_naflex_base(cache / "siglip2-base-naflex-256-random")
+    if name == "open-clip-vit-b-32":  # needs open_clip_torch (.venv-openclip)
+        return _open_clip_vit_b32(cache / "open-clip-vit-b-32-random")
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise SystemExit(
             f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)}, siglip2-base-224, "
-            "siglip2-base-naflex-256 or a model folder"
+            "siglip2-base-naflex-256, open-clip-vit-b-32 or a model folder"
         )
     return folder
 
@@ -79,4 +81,28 @@ def _siglip2_naflex_base(folder: Path) -> Path:
         config = tf.Siglip2VisionConfig(**VIT_BASE, patch_size=16, num_patches=256)
         tf.Siglip2VisionModel(config).save_pretrained(folder)
         tf.Siglip2ImageProcessorPil(patch_size=16, max_num_patches=256).save_pretrained(folder)
+    return folder
+
+
+def _open_clip_vit_b32(folder: Path) -> Path:
+    """OpenCLIP's ViT-B-32 (LAION's and DFN's most fetched shape) in the hub layout, random
+    weights, the package's default preprocessing (224, bicubic, shortest side, OpenAI's
+    mean and std)."""
+    if not (folder / "open_clip_config.json").is_file():
+        import json
+
+        import open_clip
+        import safetensors.torch
+        import torch
+
+        torch.manual_seed(0)
+        model = open_clip.create_model("ViT-B-32").eval()
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model_cfg": open_clip.get_model_config("ViT-B-32"),
+            "preprocess_cfg": model.visual.preprocess_cfg,
+        }
+        (folder / "open_clip_config.json").write_text(json.dumps(config))
+        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+        safetensors.torch.save_file(state, folder / "open_clip_model.safetensors")
     return folder

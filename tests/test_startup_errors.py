@@ -18,6 +18,7 @@ import pytest
 
 from app.settings import Settings
 from tests.support import LOOPBACK, app_process, data_uri, encode, free_port, image_request, photo
+from tests.tiny_models import OPEN_CLIP_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_S = 120  # a generous bound for a loaded machine; the table in the issue note has the figures
@@ -59,7 +60,7 @@ def _int8_flags(model: Path, calibration: Path) -> list[str]:
             "--calibration-dir", str(calibration)]  # fmt: skip
 
 
-def _cases(tiny_models, text_models, calibration: Path, missing: Path):
+def _cases(tiny_models, text_models, calibration: Path, missing: Path, open_clip: Path):
     dinov2, clip = str(tiny_models["dinov2"]), str(text_models["clip"])
     int8 = _int8_flags(tiny_models["dinov2"], calibration)
     return {
@@ -102,6 +103,13 @@ def _cases(tiny_models, text_models, calibration: Path, missing: Path):
             f"invalid settings: MODEL_ID={missing}: no such folder; "
             "give the folder that holds the model's config.json",
         ),
+        "an OpenCLIP folder without open_clip_torch": (
+            ["--model-id", str(open_clip)],
+            "sys.modules['open_clip'] = None",
+            2,
+            "invalid settings: OpenCLIP checkpoints are served through the open_clip_torch package: "
+            "pip install -r requirements-openclip.txt",
+        ),
         "MODEL_ID of a hub model not in the cache, hub offline": (
             ["--model-id", "openai/clip-vit-base-patch32"],
             "",
@@ -119,6 +127,7 @@ CASE_NAMES = [
     "QUANTIZE=int8 with 3 calibration images",
     "QUANTIZE=int8 without nncf",
     "MODEL_ID of a folder that does not exist",
+    "an OpenCLIP folder without open_clip_torch",
     "MODEL_ID of a hub model not in the cache, hub offline",
 ]
 
@@ -127,8 +136,11 @@ CASE_NAMES = [
 def test_an_invalid_setting_stops_start_up_in_one_line(
     case, tiny_models, text_models, calibration_of_three, tmp_path
 ):
+    open_clip = tmp_path / "open-clip"  # the hub layout's config is what marks the folder
+    open_clip.mkdir()
+    (open_clip / "open_clip_config.json").write_text(json.dumps(OPEN_CLIP_CONFIG))
     flags, prelude, expected_code, expected_line = _cases(
-        tiny_models, text_models, calibration_of_three, tmp_path / "no" / "such" / "model"
+        tiny_models, text_models, calibration_of_three, tmp_path / "no" / "such" / "model", open_clip
     )[case]
     code, lines, elapsed = start(*flags, "--model-dir", str(tmp_path / "empty-mount"), prelude=prelude)
     print(f"{case}: exit {code} in {elapsed:.1f} s: {lines}")

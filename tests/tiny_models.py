@@ -269,3 +269,37 @@ def build_text_model(family: str, folder: Path) -> Path:
     model.eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# OpenCLIP's hub layout (tests/openclip/, in a venv with open_clip_torch): a ViT-B-32-shaped
+# config scaled down, CLIP's tokenizer (the package's own vocabulary, no download).
+OPEN_CLIP_CONFIG = {
+    "model_cfg": {
+        "embed_dim": 24,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+    "preprocess_cfg": {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    },
+}
+
+
+def build_open_clip_model(folder: Path, **preprocess) -> Path:
+    """open_clip_config.json and open_clip_model.safetensors of a tiny random CLIP."""
+    import json
+
+    import open_clip
+    import safetensors.torch
+
+    config = {**OPEN_CLIP_CONFIG, "preprocess_cfg": {**OPEN_CLIP_CONFIG["preprocess_cfg"], **preprocess}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**config["model_cfg"]).eval()
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    safetensors.torch.save_file(state, folder / "open_clip_model.safetensors")
+    return folder

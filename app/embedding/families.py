@@ -4,10 +4,12 @@ and how each is computed (docs/models.md, "Pooling, by family"). Chosen by `conf
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModel,
     CLIPModel,
     CLIPVisionConfig,
@@ -24,7 +26,7 @@ from transformers import (
 )
 from transformers.models.clip.modeling_clip import CLIPVisionModelOutput
 
-from app.embedding.naflex import NaflexImages, NaflexOutput
+from app.embedding.model_folder import is_open_clip_folder
 from app.embedding.pooling import PoolingStrategy
 from app.embedding.text_tower import TextTower
 
@@ -181,6 +183,33 @@ class SiglipAdapter(FamilyAdapter):
         return hidden.mean(dim=1) if strategy == MEAN else hidden.amax(dim=1)
 
 
+@dataclass
+class NaflexOutput:
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor | None
+    attention_mask: torch.Tensor  # [n, patches]: 1 for an image's own patches
+
+
+class NaflexImages(torch.nn.Module):
+    """A SigLIP 2 vision tower (Siglip2VisionModel) that takes the packed layout as its
+    `pixel_values`, so both runtimes call it like any image model. Unpacking is tensor
+    arithmetic only: the OpenVINO graph traced through it keeps the patch axis dynamic."""
+
+    def __init__(self, vision: torch.nn.Module):
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixel_values: torch.Tensor) -> NaflexOutput:
+        # An all-zero row (batch padding, warm-up) reads as a grid of one patch.
+        grid = pixel_values[:, 0, :2].round().long().clamp(min=1)
+        patches = pixel_values[:, 1:]
+        positions = torch.arange(patches.shape[1], device=patches.device)
+        # int32, as the processor makes it.
+        mask = (positions[None, :] < (grid[:, 0] * grid[:, 1])[:, None]).to(torch.int32)
+        out = self.vision(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=grid)
+        return NaflexOutput(out.last_hidden_state, out.pooler_output, mask)
+
+
 class Siglip2NaflexAdapter(SiglipAdapter):
     """SigLIP 2 NaFlex: SigLIP's rules over each image's own patches (app/embedding/naflex.py).
     CLS = the attention-pooling head, which the mask keeps to the image's patches; mean and
@@ -293,6 +322,24 @@ def adapter_for(config: PretrainedConfig) -> FamilyAdapter | None:
     """The family's adapter, or None for a model whose family is only known after a forward."""
     cls = _BY_MODEL_TYPE.get(config.model_type)
     return cls(config) if cls is not None else None
+
+
+class OpenClipAdapter(FamilyAdapter):
+    """The projected image embedding (encode_image): the space the text tower shares."""
+
+    name = "open_clip"
+    supported = (CLS,)
+    default = CLS
+
+    def pool(self, outputs, strategy):
+        return outputs.image_embeds
+
+
+def folder_adapter(folder: Path, trust_remote_code: bool = False) -> FamilyAdapter | None:
+    """adapter_for the model in `folder` (an OpenCLIP checkpoint's included), without loading it."""
+    if is_open_clip_folder(folder):
+        return OpenClipAdapter()
+    return adapter_for(AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code))
 
 
 def generic_adapter(hidden: torch.Tensor) -> FamilyAdapter:

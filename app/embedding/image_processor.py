@@ -10,6 +10,7 @@ one (a rounding of at most half a level per pixel before normalising)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,11 @@ _PILLOW_EQUIVALENTS = {"DINOv3ViTImageProcessor"}
 
 def load_image_processor(location: str):
     from transformers import AutoImageProcessor
+
+    from app.embedding.open_clip_preprocess import PREPROCESS_FILE, OpenClipProcessor
+
+    if (Path(location) / PREPROCESS_FILE).is_file():  # an OpenVINO export of an OpenCLIP model
+        return OpenClipProcessor.read(Path(location))
 
     try:
         return AutoImageProcessor.from_pretrained(location)

@@ -11,9 +11,11 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
-from app.embedding.families import FamilyAdapter, adapter_for
+from app.embedding.families import FamilyAdapter, OpenClipAdapter, adapter_for
 from app.embedding.image_processor import load_image_processor
-from app.embedding.model_folder import find_model_folder
+from app.embedding.model_folder import find_model_folder, is_open_clip_folder
+from app.embedding.open_clip_model import OpenClipConfig
+from app.embedding.open_clip_model import load as load_open_clip_folder
 from app.embedding.preflight import StartupError, remote_code_refusal
 from app.embedding.text_tower import TEXT_FAMILIES, TextTower, load_tokenizer
 from app.settings.model import ModelSettings
@@ -75,6 +77,8 @@ def load_config(location: str, trust_remote_code: bool = False) -> PretrainedCon
 
 
 def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    if is_open_clip_folder(source.location):
+        return _load_open_clip(source, device, dtype)
     config = load_config(source.location, source.trust_remote_code)
     adapter = adapter_for(config)
     kwargs = {"dtype": dtype}
@@ -94,3 +98,8 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
     model = model.to(device).eval()
     processor = load_image_processor(source.location)
     return LoadedModel(source, config, model, processor, adapter, text)
+
+
+def _load_open_clip(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    images, processor, text = load_open_clip_folder(Path(source.location), device, dtype)
+    return LoadedModel(source, OpenClipConfig(), images, processor, OpenClipAdapter(), text)

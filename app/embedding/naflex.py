@@ -9,15 +9,13 @@ grid (rows, columns) in its first two values; rows 1 .. rows·columns hold its p
 transformers' layout (raster order, each patch as (y, x, channel)); the rest are zeros.
 Before a forward, a batch is cut to its longest image (`batch_inputs`): images of
 different shapes share a forward padded only to the batch's patch count, and the model
-wrapper rebuilds `pixel_attention_mask` and `spatial_shapes` from row 0, so an image's
-embedding does not depend on what it was batched with."""
+wrapper (families.py, NaflexImages) rebuilds `pixel_attention_mask` and `spatial_shapes`
+from row 0, so an image's embedding does not depend on what it was batched with. No torch
+here: the serving side imports this module."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import torch
 from PIL import Image
 
 NAFLEX_PROCESSORS = ("Siglip2ImageProcessor",)
@@ -91,30 +89,3 @@ class NaflexPreprocessor:
         in every image)."""
         longest = int((stacked[:, 0, 0] * stacked[:, 0, 1]).max(initial=1))
         return stacked[:, : 1 + longest]
-
-
-@dataclass
-class NaflexOutput:
-    last_hidden_state: torch.Tensor
-    pooler_output: torch.Tensor | None
-    attention_mask: torch.Tensor  # [n, patches]: 1 for an image's own patches
-
-
-class NaflexImages(torch.nn.Module):
-    """A SigLIP 2 vision tower (Siglip2VisionModel) that takes the packed layout as its
-    `pixel_values`, so both runtimes call it like any image model. Unpacking is tensor
-    arithmetic only: the OpenVINO graph traced through it keeps the patch axis dynamic."""
-
-    def __init__(self, vision: torch.nn.Module):
-        super().__init__()
-        self.vision = vision
-
-    def forward(self, pixel_values: torch.Tensor) -> NaflexOutput:
-        # An all-zero row (batch padding, warm-up) reads as a grid of one patch.
-        grid = pixel_values[:, 0, :2].round().long().clamp(min=1)
-        patches = pixel_values[:, 1:]
-        positions = torch.arange(patches.shape[1], device=patches.device)
-        # int32, as the processor makes it.
-        mask = (positions[None, :] < (grid[:, 0] * grid[:, 1])[:, None]).to(torch.int32)
-        out = self.vision(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=grid)
-        return NaflexOutput(out.last_hidden_state, out.pooler_output, mask)

@@ -130,11 +130,10 @@ def discard(folder: Path) -> None:
 
 def export_key(folder: Path, settings: ModelSettings) -> str:
     import openvino
-    from transformers import AutoConfig
 
-    from app.embedding.families import adapter_for
+    from app.embedding.families import folder_adapter
 
-    adapter = adapter_for(AutoConfig.from_pretrained(folder, trust_remote_code=settings.trust_remote_code))
+    adapter = folder_adapter(folder, settings.trust_remote_code)
     material = {
         "graph": GRAPH_VERSION,
         "openvino": openvino.__version__,
@@ -162,10 +161,14 @@ def build_export(folder: Path, model_id: str, settings: ModelSettings, out: Path
     import openvino as ov
 
     started = time.perf_counter()
+    from app.embedding.open_clip_preprocess import OpenClipPreprocessor
+
     model, info, preprocessor = _convert(folder, model_id, settings)
     if settings.quantize == QuantizeSetting.INT8:
         model, info = _quantize(model, info, preprocessor, settings)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(preprocessor, OpenClipPreprocessor):  # served without the open_clip package
+        preprocessor.processor.write(out)
     # compress_to_fp16 would halve the file and round every weight to float16: keep float32.
     ov.save_model(model, out / "model.xml", compress_to_fp16=False)
     for name in _COPIED_FILES:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from app.embedding.file_digest import folder_files
-from app.embedding.model_folder import find_model_folder
+from app.embedding.model_folder import find_model_folder, is_open_clip_folder
 from app.installed import is_installed
 from app.settings.model import ModelSettings, QuantizeSetting, RuntimeSetting
 
@@ -34,6 +34,8 @@ def check_model_settings(settings: ModelSettings) -> None:
     folder = _check_source(settings)
     if folder is not None and not settings.trust_remote_code:
         _check_remote_code(folder)
+    if folder is not None and is_open_clip_folder(folder):
+        import_open_clip()  # or the StartupError that says how to install it
     _check_device_and_dtype(settings)
     if folder is not None and settings.pooling_strategy is not None:
         _check_pooling(settings, folder)
@@ -131,11 +133,9 @@ def _check_remote_code(folder: Path) -> None:
 
 
 def _check_pooling(settings: ModelSettings, folder: Path) -> None:
-    from transformers import AutoConfig
+    from app.embedding.families import folder_adapter
 
-    from app.embedding.families import adapter_for
-
-    adapter = adapter_for(AutoConfig.from_pretrained(folder, trust_remote_code=settings.trust_remote_code))
+    adapter = folder_adapter(folder, settings.trust_remote_code)
     if adapter is None:
         return  # another family: its poolings are known once a forward pass has run
     if settings.pooling_strategy is None or settings.pooling_strategy in adapter.supported:
@@ -146,6 +146,18 @@ def _check_pooling(settings: ModelSettings, folder: Path) -> None:
         f"{supported}; set one of those, or unset it for the family's default "
         f"({adapter.default.value})"
     )
+
+
+def import_open_clip():
+    """open_clip, or the StartupError that says how to install it (OpenCLIP checkpoints)."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise StartupError(
+            "OpenCLIP checkpoints are served through the open_clip_torch package: pip install -r "
+            f"requirements-openclip.txt (open_clip_torch and torchvision) ({exc})"
+        ) from None
+    return open_clip
 
 
 def import_nncf():

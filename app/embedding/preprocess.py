@@ -22,6 +22,7 @@ from PIL import Image
 
 from app.embedding.backend import ImagePreprocessor
 from app.embedding.naflex import NaflexPreprocessor, is_naflex_processor
+from app.embedding.open_clip_preprocess import OpenClipPreprocessor, OpenClipProcessor
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ def make_preprocessor(
     replaces a NaFlex processor's own."""
     if is_naflex_processor(processor):
         return NaflexPreprocessor(processor, fast=allow_fast, max_patches=max_num_patches)
+    if isinstance(processor, OpenClipProcessor):
+        return OpenClipPreprocessor(processor, fast=allow_fast)
     if max_num_patches:
         log.warning(
             "MAX_NUM_PATCHES=%d ignored: it sizes SigLIP 2 NaFlex inputs; this model's processor (%s) "

@@ -44,11 +44,7 @@ class TextTower:
         self.max_length = int(model.config.text_config.max_position_embeddings)
         # SigLIP is trained without an attention mask (padding tokens are attended to).
         self.use_attention_mask = family == "clip"
-        # What turns the cosine of normalised embeddings into the model's logits (SigLIP: a
-        # sigmoid of them is the match probability).
-        self.logits = {"logit_scale": float(model.logit_scale.exp())}
-        if getattr(model, "logit_bias", None) is not None:
-            self.logits["logit_bias"] = float(model.logit_bias)
+        self.logits = model_logits(model)
 
     def tokenize(self, texts: list[str]) -> TokenizedTexts:
         """Off the model thread (it runs no torch op), from any number of threads: the two
@@ -79,6 +75,15 @@ class TextTower:
                 input_ids=ids, attention_mask=mask if self.use_attention_mask else None
             )
         return features.pooler_output
+
+
+def model_logits(model: Any) -> dict[str, float]:
+    """What turns the cosine of normalised embeddings into the model's logits: its logit
+    scale (exponentiated) and bias (SigLIP: a sigmoid of the logits is the match probability)."""
+    logits = {"logit_scale": float(model.logit_scale.exp())}
+    if getattr(model, "logit_bias", None) is not None:
+        logits["logit_bias"] = float(model.logit_bias)
+    return logits
 
 
 def load_tokenizer(location: str, model_type: str):

@@ -85,6 +85,21 @@ def run_server(settings: Settings, wait_ready: bool = True, timeout_s: float = 1
         thread.join(timeout=30)
 
 
+def backend_settings(model: Path | str, cache: Path, **overrides) -> Settings:
+    """Settings for loading a backend in the test process: the model folder, CPU, torch
+    (or the runtime asked for), exports cached under `cache`."""
+    values = dict(
+        model_id=str(model),
+        model_dir="/nonexistent",
+        model_cache_dir=cache,
+        device="cpu",
+        max_batch_size=4,
+        runtime="torch",
+        openvino_hint="throughput",
+    )
+    return Settings(**(values | overrides))
+
+
 def server_settings(model_path: Path | str | None, tmp_dir: Path, **overrides) -> Settings:
     """Settings for a test server: loopback, a free port, no /mnt/models lookup."""
     values = dict(

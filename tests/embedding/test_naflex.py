@@ -18,8 +18,16 @@ from app.embedding.naflex import NaflexPreprocessor
 from app.embedding.pooling import PoolingStrategy
 from app.embedding.preprocess import make_preprocessor
 from app.embedding.selection import load_backend
-from app.settings import Settings
-from tests.support import data_uri, embeddings_of, encode, image_request, photo, run_server, server_settings
+from tests.support import (
+    backend_settings,
+    data_uri,
+    embeddings_of,
+    encode,
+    image_request,
+    photo,
+    run_server,
+    server_settings,
+)
 
 CLS, MEAN, MAX = PoolingStrategy.CLS, PoolingStrategy.MEAN, PoolingStrategy.MAX
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
@@ -57,16 +65,7 @@ def reference(folder, images, max_num_patches: int | None = None):
 
 
 def backend_for(folder, tmp_path, **overrides):
-    values = dict(
-        model_id=str(folder),
-        model_dir="/nonexistent",
-        model_cache_dir=tmp_path,
-        device="cpu",
-        max_batch_size=8,
-        runtime="torch",
-        openvino_hint="throughput",
-    )
-    return load_backend(Settings(**(values | overrides)))
+    return load_backend(backend_settings(folder, tmp_path, **({"max_batch_size": 8} | overrides)))
 
 
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])

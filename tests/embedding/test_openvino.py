@@ -18,7 +18,7 @@ from app.embedding.fidelity import compare
 from app.embedding.openvino_backend import OpenVinoBackend
 from app.embedding.selection import load_backend
 from app.settings import Settings
-from tests.support import photo
+from tests.support import backend_settings, photo
 from tests.tiny_models import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,17 +39,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("openvino-cache")
 
 
-def settings(model, cache, **overrides) -> Settings:
-    values = dict(
-        model_id=str(model),
-        model_dir="/nonexistent",
-        model_cache_dir=cache,
-        device="cpu",
-        max_batch_size=4,
-        runtime="torch",
-        openvino_hint="throughput",
-    )
-    return Settings(**(values | overrides))
+settings = backend_settings
 
 
 def messages(caplog) -> list[str]:

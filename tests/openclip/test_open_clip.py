@@ -16,9 +16,17 @@ from PIL import Image
 from app.embedding.open_clip_preprocess import PREPROCESS_FILE, OpenClipPreprocessor, OpenClipProcessor
 from app.embedding.pooling import PoolingStrategy
 from app.embedding.selection import load_backend
-from app.settings import Settings
 from tests.embedding.test_text import embed_texts
-from tests.support import data_uri, embeddings_of, encode, image_request, photo, run_server, server_settings
+from tests.support import (
+    backend_settings,
+    data_uri,
+    embeddings_of,
+    encode,
+    image_request,
+    photo,
+    run_server,
+    server_settings,
+)
 from tests.tiny_models import build_open_clip_model
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
@@ -44,16 +52,7 @@ def images():
 
 
 def backend_for(folder, tmp_path, **overrides):
-    values = dict(
-        model_id=str(folder),
-        model_dir="/nonexistent",
-        model_cache_dir=tmp_path,
-        device="cpu",
-        max_batch_size=8,
-        runtime="torch",
-        openvino_hint="throughput",
-    )
-    return load_backend(Settings(**(values | overrides)))
+    return load_backend(backend_settings(folder, tmp_path, **({"max_batch_size": 8} | overrides)))
 
 
 def reference_images(reference, images) -> torch.Tensor:

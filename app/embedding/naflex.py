@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from app.embedding.pixels import processor_affine
+
 NAFLEX_PROCESSORS = ("Siglip2ImageProcessor",)
 
 
@@ -40,13 +42,10 @@ class NaflexPreprocessor:
         self.patch = int(processor.patch_size)
         self.max_patches = int(max_patches or processor.max_num_patches)
         self.resample = Image.Resampling(processor.resample)
-        scale = processor.rescale_factor if processor.do_rescale else 1.0
-        mean = np.asarray(processor.image_mean if processor.do_normalize else (0.0, 0.0, 0.0), np.float32)
-        std = np.asarray(processor.image_std if processor.do_normalize else (1.0, 1.0, 1.0), np.float32)
-        # Per value of a patch laid out (y, x, channel): the channel's (x * scale - mean) / std.
+        # Per value of a patch laid out (y, x, channel): its channel's multiply-add.
+        multiply, add = processor_affine(processor)
         repeats = self.patch * self.patch
-        self.multiply = np.tile((scale / std).astype(np.float32), repeats)
-        self.add = np.tile((-mean / std).astype(np.float32), repeats)
+        self.multiply, self.add = np.tile(multiply, repeats), np.tile(add, repeats)
 
     @property
     def input_shape(self) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.embedding.pixels import affine, normalised_chw, shortest_edge_size
 from app.embedding.preflight import import_open_clip
 
 # The image preprocessing as the loaded model resolved it, written into an OpenVINO export.
@@ -68,10 +69,8 @@ class OpenClipPreprocessor:
         self.height, self.width = processor.size
         bilinear = processor.interpolation == "bilinear"
         self.resample = Image.Resampling.BILINEAR if bilinear else Image.Resampling.BICUBIC
-        # ToTensor's x / 255, then Normalize: one multiply-add per value.
-        std = np.asarray(processor.std, np.float32)
-        self.multiply = (1 / (255 * std)).astype(np.float32).reshape(3, 1, 1)
-        self.add = (-np.asarray(processor.mean, np.float32) / std).astype(np.float32).reshape(3, 1, 1)
+        # ToTensor's x / 255, then Normalize.
+        self.multiply, self.add = affine(1 / 255, processor.mean, processor.std)
         # Like the other fast paths: JPEGs decoded at a reduced scale that keeps twice the target.
         self.draft_min_side = 2 * min(processor.size) if self.fast else None
         self._transform = None if self.fast else self._package_transform()
@@ -89,21 +88,14 @@ class OpenClipPreprocessor:
         if self.processor.resize_mode == "squash":
             image = image.resize((self.width, self.height), self.resample)
         else:
-            # torchvision's Resize(int): the shorter side to the size, the longer one scaled
-            # and truncated; then CenterCrop's offsets, rounded as it rounds them.
-            short, long = sorted(image.size)
-            scaled = int(self.height * long / short)
-            size = (self.height, scaled) if image.width <= image.height else (scaled, self.height)
-            if size != image.size:
-                image = image.resize(size, self.resample)
+            # torchvision's Resize(int), then CenterCrop's offsets, rounded as it rounds them.
+            height, width = shortest_edge_size(image.width, image.height, self.height)
+            if (width, height) != image.size:
+                image = image.resize((width, height), self.resample)
             top = int(round((image.height - self.height) / 2.0))
             left = int(round((image.width - self.width) / 2.0))
             image = image.crop((left, top, left + self.width, top + self.height))
-        pixels = np.asarray(image)  # uint8 [H, W, 3]
-        chw = np.empty((3, self.height, self.width), dtype=np.float32)
-        np.multiply(pixels.transpose(2, 0, 1), self.multiply, out=chw)
-        chw += self.add
-        return chw
+        return normalised_chw(image, self.multiply, self.add)
 
     @staticmethod
     def batch_inputs(stacked: np.ndarray) -> np.ndarray:

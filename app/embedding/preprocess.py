@@ -23,6 +23,7 @@ from PIL import Image
 from app.embedding.backend import ImagePreprocessor
 from app.embedding.naflex import NaflexPreprocessor, is_naflex_processor
 from app.embedding.open_clip_preprocess import OpenClipPreprocessor, OpenClipProcessor
+from app.embedding.pixels import normalised_chw, processor_affine, shortest_edge_size
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,7 @@ class FastPreprocessor(Preprocessor):
         self.resize_kind, self.resize_to = resize
         self.crop = crop
         self.resample = Image.Resampling(processor.resample)
-        scale = processor.rescale_factor if processor.do_rescale else 1.0
-        mean = np.asarray(processor.image_mean if processor.do_normalize else (0.0, 0.0, 0.0), np.float32)
-        std = np.asarray(processor.image_std if processor.do_normalize else (1.0, 1.0, 1.0), np.float32)
-        # (x * scale - mean) / std == x * a + b, one fused multiply-add per pixel.
-        self.multiply = (scale / std).astype(np.float32).reshape(3, 1, 1)
-        self.add = (-mean / std).astype(np.float32).reshape(3, 1, 1)
+        self.multiply, self.add = processor_affine(processor)
         target = self.resize_to if self.resize_kind == "shortest_edge" else min(self.resize_to)
         # JPEG draft decoding must leave about twice the resize target: asking for exactly the
         # target loses detail the antialiased resize would have used (cosine 0.986 vs 0.9999).
@@ -83,9 +79,7 @@ class FastPreprocessor(Preprocessor):
         """(height, width) after the resize, as transformers computes it."""
         if self.resize_kind == "size":
             return self.resize_to
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.resize_to, int(self.resize_to * long / short)
-        return (new_long, new_short) if width <= height else (new_short, new_long)
+        return shortest_edge_size(width, height, self.resize_to)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         height, width = self.output_size(image.width, image.height)
@@ -106,12 +100,7 @@ class FastPreprocessor(Preprocessor):
                 scale_x, scale_y = image.width / width, image.height / height
                 box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
                 image = image.resize((crop_w, crop_h), self.resample, box=box)
-        pixels = np.asarray(image)  # uint8 [H, W, 3]
-        # One multiply into a CHW float32 buffer, then one add in place: no temporaries.
-        chw = np.empty((3, image.height, image.width), dtype=np.float32)
-        np.multiply(pixels.transpose(2, 0, 1), self.multiply, out=chw)
-        chw += self.add
-        return chw
+        return normalised_chw(image, self.multiply, self.add)
 
 
 def probe_image() -> Image.Image:

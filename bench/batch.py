@@ -100,7 +100,7 @@ class PeakMemory:
             thread.join()
 
 
-def ceiling(model: Path, runtime: str, photos: Path) -> dict:
+def ceiling(model: Path, runtime: str, hint: str, listed: Path) -> dict:
     """Decode + forward of every photo in this process, the server's backend and limits."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -118,12 +118,12 @@ def ceiling(model: Path, runtime: str, photos: Path) -> dict:
         model_id=str(model),
         model_dir=Path("/nonexistent"),
         runtime=runtime,
-        openvino_hint="throughput",
+        openvino_hint=hint,
         torch_threads=usable_cpus(),
     )
     backend = load_backend(settings)
     request = PoolRequest(0, backend.default_pooling, False)
-    files = sorted(photos.glob("*.jpg"))
+    files = [Path(line) for line in listed.read_text().splitlines()]
 
     def pixels(path: Path):
         return image_pixels(
@@ -170,6 +170,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.batch")
     parser.add_argument("--model", default="mobilenet-v2")
     parser.add_argument("--runtime", default="torch", choices=["torch", "openvino"])
+    parser.add_argument(
+        "--openvino-hint",
+        default="auto",
+        choices=["auto", "latency", "throughput"],
+        help="OPENVINO_HINT for all three (auto: what a user gets, measured at start-up and cached)",
+    )
     parser.add_argument("--count", type=int, default=600, help="photos of each size")
     parser.add_argument("--sizes", default="640x480,4000x3000")
     parser.add_argument("--photos", type=Path, default=Path(tempfile.gettempdir()) / "bench-batch-photos")
@@ -179,23 +185,37 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
     model = prepare_model(args.model, args.cache)
-    runtime = ["--runtime", args.runtime, "--openvino-hint", "throughput"]
+    runtime = ["--runtime", args.runtime, "--openvino-hint", args.openvino_hint]
     skip = set(filter(None, args.skip.split(",")))
-    report: dict = {"model": args.model, "runtime": args.runtime, "cpus": os.cpu_count(), "sizes": {}}
+    report: dict = {
+        "model": args.model,
+        "runtime": args.runtime,
+        "hint": args.openvino_hint,
+        "cpus": os.cpu_count(),
+        "sizes": {},
+    }
     for size_text in args.sizes.split(","):
         size = tuple(int(v) for v in size_text.split("x"))
         photos = write_distinct_photos(args.photos, size, args.count)  # type: ignore[arg-type]
         cells: dict = {}
-        if "ceiling" not in skip:
-            call = f"ceiling(Path({str(model)!r}), {args.runtime!r}, Path({str(photos)!r}))"
-            imports = "import json; from pathlib import Path; from bench.batch import ceiling"
-            code = f"{imports}; print('RESULT', json.dumps({call}))"
-            proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-            with PeakMemory(lambda proc=proc: [proc.pid]).watching() as memory:
-                output, _ = proc.communicate()
-            cells["ceiling"] = json.loads(output.split("RESULT ", 1)[1])
-            cells["ceiling"]["peak_pss_mib"] = memory.peak_bytes / 2**20
         with tempfile.TemporaryDirectory() as tmp:
+            # The first --count photos for all three (the folder may hold more from a larger run).
+            listed = Path(tmp) / "photos.txt"
+            listed.write_text("".join(f"{p}\n" for p in sorted(photos.glob("*.jpg"))[: args.count]))
+            if "ceiling" not in skip:
+                arguments = (
+                    f"Path({str(model)!r}), {args.runtime!r}, {args.openvino_hint!r}, Path({str(listed)!r})"
+                )
+                call = f"ceiling({arguments})"
+                imports = "import json; from pathlib import Path; from bench.batch import ceiling"
+                code = f"{imports}; print('RESULT', json.dumps({call}))"
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+                )
+                with PeakMemory(lambda proc=proc: [proc.pid]).watching() as memory:
+                    output, _ = proc.communicate()
+                cells["ceiling"] = json.loads(output.split("RESULT ", 1)[1])
+                cells["ceiling"]["peak_pss_mib"] = memory.peak_bytes / 2**20
             if "pipeline" not in skip:
                 command = [sys.executable, "-m", "app.batch", "--model-id"]
                 command += [str(model), "--model-dir", "/nonexistent", *runtime, "--no-progress"]
@@ -203,9 +223,9 @@ def main(argv=None) -> dict:
                 # A third of the photos first: the difference between the two runs is the
                 # rate once Ray, the driver's model check and the actors have started.
                 third = Path(tmp) / "third.txt"
-                third.write_text("".join(f"{p}\n" for p in sorted(photos.glob("*.jpg"))[: args.count // 3]))
+                third.write_text("".join(listed.read_text().splitlines(keepends=True)[: args.count // 3]))
                 short = _timed([*command, "--out", f"{tmp}/third.emb", str(third)], env)
-                cells["pipeline"] = _timed([*command, "--out", f"{tmp}/batch.emb", str(photos)], env)
+                cells["pipeline"] = _timed([*command, "--out", f"{tmp}/batch.emb", str(listed)], env)
                 extra_images = cells["pipeline"]["images"] - short["images"]
                 extra_seconds = cells["pipeline"]["seconds"] - short["seconds"]
                 cells["pipeline"]["steady_img_per_s"] = extra_images / extra_seconds
@@ -213,7 +233,7 @@ def main(argv=None) -> dict:
                 port = free_port()
                 server = app_command(model, "bench", port, *runtime)
                 with process(server, f"http://127.0.0.1:{port}/v2/health/ready", env) as server_process:
-                    client = [sys.executable, "-m", "app.client", str(photos), "--server"]
+                    client = [sys.executable, "-m", "app.client", str(listed), "--server"]
                     client += [
                         f"http://127.0.0.1:{port}",
                         "--model",
@@ -235,7 +255,10 @@ def main(argv=None) -> dict:
         report["sizes"][size_text] = cells
         print(size_text, json.dumps(cells, indent=1), flush=True)
     out = (
-        ROOT / "bench" / "results" / f"batch-{args.model}-{args.runtime}-{args.sizes.replace(',', '-')}.json"
+        ROOT
+        / "bench"
+        / "results"
+        / f"batch-{args.model}-{args.runtime}-{args.openvino_hint}-{args.sizes.replace(',', '-')}.json"
     )
     out.write_text(json.dumps(report, indent=1) + "\n")
     return report

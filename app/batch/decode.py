@@ -1,8 +1,9 @@
-"""The decoding stage: Ray tasks that turn a block of (id, source) rows into the model's
-inputs, with the server's limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, the supported formats)
-and, for URLs, its fetcher and URL policy (ALLOW_URLS, ALLOW_PRIVATE_URLS, URL_ALLOWLIST,
-FETCH_TIMEOUT_S). A row that cannot be embedded keeps its place with its error and zero
-pixels: it is listed, never dropped silently, and never stops the block."""
+"""The decoding stage: a block of (id, source) rows turned into the model's inputs (in Ray
+tasks of their own, or row by row in an actor's threads: embed.py), with the server's
+limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, the supported formats) and, for URLs, its
+fetcher and URL policy (ALLOW_URLS, ALLOW_PRIVATE_URLS, URL_ALLOWLIST, FETCH_TIMEOUT_S).
+A row that cannot be embedded keeps its place with its error (and zero pixels): it is
+listed, never dropped silently, and never stops the block."""
 
 from __future__ import annotations
 
@@ -28,24 +29,37 @@ def decode_block(
     """{id, source} -> {id, source, pixels [n, *input_shape] float32, error ("" if decoded)}."""
     set_pillow_pixel_limit(server.max_image_pixels)
     sources = [str(s) for s in batch["source"]]
-    fetched = _fetch_urls([s for s in sources if is_url(s)], server)
+    fetched = fetch_urls(sources, server)
     pixels = np.zeros((len(sources), *input_shape), dtype=np.float32)
     errors = []
     for row, source in enumerate(sources):
-        try:
-            data = fetched[source] if is_url(source) else _read_file(source, server.max_image_bytes)
-            if isinstance(data, str):
-                raise ImageError(data)
-            pixels[row] = image_pixels(data, preprocessor, server.max_image_bytes, server.max_image_pixels)
+        decoded = decode_source(source, fetched, preprocessor, server)
+        if isinstance(decoded, str):
+            errors.append(decoded)
+        else:
+            pixels[row] = decoded
             errors.append(OK)
-        except ImageError as exc:
-            errors.append(exc.message)
     return {
         "id": batch["id"],
         "source": batch["source"],
         "pixels": pixels,
         "error": np.array(errors, dtype=object),
     }
+
+
+def decode_source(
+    source: str, fetched: dict[str, bytes | str], preprocessor, server: ServerSettings
+) -> np.ndarray | str:
+    """One source's model input, or why there is none: a URL's bytes come from `fetched`
+    (fetch_urls), a file is read here, one at a time (a block's files are never all in
+    memory at once). Safe in several threads at once: Pillow and numpy release the GIL."""
+    try:
+        data = fetched[source] if is_url(source) else _read_file(source, server.max_image_bytes)
+        if isinstance(data, str):
+            raise ImageError(data)
+        return image_pixels(data, preprocessor, server.max_image_bytes, server.max_image_pixels)
+    except ImageError as exc:
+        return exc.message
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:
@@ -57,8 +71,10 @@ def _read_file(path: str, max_bytes: int) -> bytes:
         raise ImageError(f"cannot read the file: {exc.strerror or exc}") from None
 
 
-def _fetch_urls(urls: list[str], server: ServerSettings) -> dict[str, bytes | str]:
-    """Each URL's bytes, or why it was not fetched (refused by the policy, HTTP error, limit)."""
+def fetch_urls(sources: list[str], server: ServerSettings) -> dict[str, bytes | str]:
+    """Each URL among `sources` fetched (concurrently): its bytes, or why it was not fetched
+    (refused by the policy, HTTP error, limit)."""
+    urls = [s for s in sources if is_url(s)]
     if not urls:
         return {}
 

@@ -1,5 +1,6 @@
 """The Ray Data plan of `python -m app.batch`: the model checked and prepared once on the
-driver, then items -> decoding tasks -> embedding actors -> EmbeddingSink."""
+driver, then items -> decoding tasks -> embedding actors -> EmbeddingSink, or, with the
+decoding in the actors, items -> decoding embedding actors -> EmbeddingSink."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from app.batch.decode import decode_block
-from app.batch.embed import EmbeddingActor
+from app.batch.embed import DecodingEmbeddingActor, EmbeddingActor
 from app.batch.sink import EmbeddingSink, gather_failures
 from app.client import Item
 from app.embedding.pooling import PoolingStrategy
@@ -33,6 +35,7 @@ class PipelineOptions:
     gpus_per_actor: float = 0.0
     images_per_task: int = 64  # rows per decoding task (and per block)
     progress: bool = True
+    decode_in_actors: bool = False  # each actor decodes its rows in threads: no decoding tasks
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class PoolTooLarge(ValueError):
 
 
 def fit_pool(options: PipelineOptions, cluster_cpus: float) -> PipelineOptions:
-    """The actor pool within `cluster_cpus`, one CPU left for the decoding (and writing)
+    """The actor pool within `cluster_cpus`, one CPU left for the decoding and writing
     tasks: a pool holding every CPU starves them and the job never ends (seen: --actors 2
     on two cores). The minimum must fit, the maximum is lowered to what fits."""
     fits = int((cluster_cpus - 1) // options.cpus_per_actor) if options.cpus_per_actor > 0 else 1 << 30
@@ -85,7 +88,8 @@ def fit_pool(options: PipelineOptions, cluster_cpus: float) -> PipelineOptions:
     if low > fits:
         raise PoolTooLarge(
             f"--actors {low} reserve {low * options.cpus_per_actor:g} of the {cluster_cpus:g} CPUs and leave "
-            f"none for decoding: at most {max(fits, 0)} actors of --cpus-per-actor {options.cpus_per_actor:g}"
+            f"none for the decoding and writing tasks: at most {max(fits, 0)} actors of --cpus-per-actor "
+            f"{options.cpus_per_actor:g}"
         )
     return replace(options, actors=(low, min(high, fits)))
 
@@ -111,9 +115,22 @@ def embed_items(
     blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)]
     low, high = options.actors
     sink = EmbeddingSink(out, run_id=f"{time.time_ns():x}")
-    (
-        ray.data.from_arrow(blocks)
-        .map_batches(
+    model_kwargs = {"settings": plan.settings, "pooling": plan.pooling, "normalize": plan.normalize}
+    actors: dict[str, Any] = {
+        "compute": ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+        "num_cpus": options.cpus_per_actor,
+        "num_gpus": options.gpus_per_actor or None,
+    }
+    rows = ray.data.from_arrow(blocks)
+    if options.decode_in_actors:
+        embedded = rows.map_batches(
+            DecodingEmbeddingActor,
+            batch_size=None,  # a block per call: the actor's threads decode it beside the forward
+            fn_constructor_kwargs={**model_kwargs, "server": server},
+            **actors,
+        )
+    else:
+        embedded = rows.map_batches(
             partial(
                 decode_block, server=server, preprocessor=plan.preprocessor, input_shape=plan.input_shape
             ),
@@ -123,21 +140,13 @@ def embed_items(
             # A reservation unlike the actors' also keeps Ray from fusing decoding into
             # them: decoding stays in tasks of its own, beside the model, not in front of it.
             memory=_decoding_memory(server, plan, options),
-        )
-        .map_batches(
+        ).map_batches(
             EmbeddingActor,
             batch_size=plan.settings.max_batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-            num_cpus=options.cpus_per_actor,
-            num_gpus=options.gpus_per_actor or None,
-            fn_constructor_kwargs={
-                "settings": plan.settings,
-                "pooling": plan.pooling,
-                "normalize": plan.normalize,
-            },
+            fn_constructor_kwargs=model_kwargs,
+            **actors,
         )
-        .write_datasink(sink)
-    )
+    embedded.write_datasink(sink)
     failures = gather_failures(out)
     return RunSummary(sink.embedded, failures, time.perf_counter() - started)
 

@@ -102,17 +102,22 @@ def _failures(out: Path) -> dict[str, str]:
 
 
 def test_a_folder_equals_the_server_and_a_rerun_embeds_nothing(cluster, photos, tiny_models, tmp_path):
+    """Decoded in the actors (the default on CPU) and in tasks of their own: the same rows,
+    the same failures, both equal to the server's answers."""
     model = tiny_models["dinov2"]
     out = tmp_path / "photos.emb"
-    assert _batch(photos, out, model, "--actors", "2") == 1  # the two bad files fail the exit code
-    rows = _rows(out)
     good = {f"{'a' if i % 2 else 'b'}/{name}.jpg" for i, name in enumerate(NAMES)}
-    assert set(rows) == good
-    failures = _failures(out)
-    assert set(failures) == {"truncated.jpg", "notes.png"}
-    assert "corrupt or truncated" in failures["truncated.jpg"]
-    assert "not a recognised image format" in failures["notes.png"]
-    assert pq.read_schema(next(out.glob("part-*.parquet"))).field("embedding").type.list_size == 32
+    runs = {}
+    for decode_in, folder in (("tasks", tmp_path / "tasks.emb"), ("auto", out)):
+        # the two bad files fail the exit code
+        assert _batch(photos, folder, model, "--actors", "2", "--decode-in", decode_in) == 1
+        runs[decode_in] = _rows(folder)
+        assert set(runs[decode_in]) == good
+        failures = _failures(folder)
+        assert set(failures) == {"truncated.jpg", "notes.png"}
+        assert "corrupt or truncated" in failures["truncated.jpg"]
+        assert "not a recognised image format" in failures["notes.png"]
+        assert pq.read_schema(next(folder.glob("part-*.parquet"))).field("embedding").type.list_size == 32
 
     # The live server's answers for the same files (the bulk client: its schema, its ids).
     settings = server_settings(model, tmp_path / "server", max_batch_size=8)
@@ -122,8 +127,9 @@ def test_a_folder_equals_the_server_and_a_rerun_embeds_nothing(cluster, photos, 
         client_main([*client, "--no-progress"])
     answers = _rows(served)
     assert set(answers) == good
-    for image_id in good:
-        np.testing.assert_allclose(rows[image_id], answers[image_id], rtol=1e-5, atol=1e-6)
+    for rows in runs.values():
+        for image_id in good:
+            np.testing.assert_allclose(rows[image_id], answers[image_id], rtol=1e-5, atol=1e-6)
 
     parts = sorted(p.name for p in out.glob("part-*.parquet"))
     assert _batch(photos, out, model, "--actors", "2") == 1  # the bad files are tried again
@@ -227,7 +233,9 @@ def test_int8_runs_the_servers_own_export(cluster, photos, tiny_models, tmp_path
 def test_a_pool_that_leaves_no_cpu_for_decoding_is_refused(cluster, photos, tiny_models, tmp_path):
     """Nine actors of one CPU on this cluster's three (five while the node test's third node
     lives) would starve the decoding tasks forever; the job refuses them in one line."""
-    with pytest.raises(SystemExit, match="leave none for decoding: at most [24] actors"):
+    with pytest.raises(
+        SystemExit, match="leave none for the decoding and writing tasks: at most [24] actors"
+    ):
         _batch(photos, tmp_path / "out.emb", tiny_models["dinov2"], "--actors", "9")
     assert not (tmp_path / "out.emb").exists()
 
@@ -239,3 +247,22 @@ def test_bad_flags_exit_before_ray_starts(tmp_path, capsys):
     gpu_on_openvino = ["--gpus-per-actor", "1", "--runtime", "openvino"]
     with pytest.raises(SystemExit, match="--gpus-per-actor needs RUNTIME=torch"):
         main([str(tmp_path), "--out", str(tmp_path / "out"), *gpu_on_openvino])
+
+
+def test_where_decoding_runs_and_how_many_threads_an_actor_takes():
+    """On CPU the actors decode their own rows, with their share of this machine's cores;
+    beside GPU actors decoding runs in tasks, and an actor beside tasks keeps to the CPUs
+    it reserves (more threads would fight the tasks for the cores)."""
+    from app.batch.__main__ import actor_threads, build_parser, decodes_in_actors
+    from app.cpus import usable_cpus
+
+    def parsed(*flags: str):
+        return build_parser().parse_args([".", "--out", "out", *flags])
+
+    assert decodes_in_actors(parsed()) and not decodes_in_actors(parsed("--gpus-per-actor", "1"))
+    assert decodes_in_actors(parsed("--gpus-per-actor", "1", "--decode-in", "actors"))
+    assert not decodes_in_actors(parsed("--decode-in", "tasks"))
+    assert actor_threads(parsed()) == usable_cpus()
+    assert actor_threads(parsed("--actors", "1,2")) == max(1, usable_cpus() // 2)
+    assert actor_threads(parsed("--decode-in", "tasks", "--cpus-per-actor", "1")) == 1
+    assert actor_threads(parsed("--address", "ray://head:10001", "--cpus-per-actor", "3")) == 3

@@ -288,6 +288,63 @@ OPEN_CLIP_CONFIG = {
 }
 
 
+# ViT-B-16-SigLIP's layout as Marqo's and timm's SigLIP checkpoints publish it: a timm image
+# tower (attention-pooled), open_clip's own text transformer, a HuggingFace tokenizer whose
+# files sit in the folder, a logit bias; shrunk (timm's test ViT: 160 pixels, 64 wide).
+OPEN_CLIP_SIGLIP_CONFIG = {
+    "model_cfg": {
+        "embed_dim": 64,
+        "init_logit_bias": -10,
+        "custom_text": True,
+        "vision_cfg": {
+            "image_size": 160,
+            "timm_model_name": "test_vit",
+            "timm_model_pretrained": False,
+            "timm_pool": "map",
+            "timm_proj": "none",
+        },
+        "text_cfg": {
+            "context_length": 64,
+            "hf_tokenizer_name": "timm/ViT-B-16-SigLIP",
+            "tokenizer_kwargs": {"clean": "canonicalize"},
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+            "no_causal_mask": True,
+            "proj_bias": True,
+            "pool_type": "last",
+            "norm_kwargs": {"eps": 1e-6},
+        },
+    },
+    "preprocess_cfg": {
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic",
+        "resize_mode": "squash",
+    },
+}
+
+
+def build_open_clip_siglip_model(folder: Path) -> Path:
+    """A tiny random OpenCLIP SigLIP (OPEN_CLIP_SIGLIP_CONFIG) in the hub layout, its
+    sentencepiece tokenizer saved beside it (open_clip's `local-dir:` reads it there)."""
+    import json
+
+    import open_clip
+    import safetensors.torch
+
+    tokenizer = _siglip_tokenizer(folder)
+    config = json.loads(json.dumps(OPEN_CLIP_SIGLIP_CONFIG))
+    config["model_cfg"]["text_cfg"]["vocab_size"] = len(tokenizer)
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model_cfg = {k: v for k, v in config["model_cfg"].items() if k != "custom_text"}
+    model = open_clip.CustomTextCLIP(**model_cfg).eval()
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    safetensors.torch.save_file(state, folder / "open_clip_model.safetensors")
+    return folder
+
+
 def build_open_clip_model(folder: Path, **preprocess) -> Path:
     """open_clip_config.json and open_clip_model.safetensors of a tiny random CLIP."""
     import json

@@ -59,13 +59,19 @@ class OpenClipTextTower(TextTower):
     def tokenize(self, texts: list[str]) -> TokenizedTexts:
         with self._tokenizer_lock:
             ids = self.tokenizer(texts).numpy().astype(np.int64)
-            if hasattr(self.tokenizer, "encode"):  # the CLIP tokenizer: its start and end tokens added
-                lengths = [len(self.tokenizer.encode(text)) + 2 for text in texts]
-            else:
-                lengths = [int(n) for n in (ids != 0).sum(axis=1)]
+            lengths = self._lengths(texts, ids)
         tokens = np.stack([ids, (ids != 0).astype(np.int64)], axis=1)
         truncated = sum(length > self.max_length for length in lengths)
         return TokenizedTexts(tokens, truncated, [min(n, self.max_length) for n in lengths])
+
+    def _lengths(self, texts: list[str], ids: np.ndarray) -> list[int]:
+        """Each text's tokens before the cut, special tokens included."""
+        if hasattr(self.tokenizer, "encode"):  # the CLIP tokenizer: its start and end tokens added
+            return [len(self.tokenizer.encode(text)) + 2 for text in texts]
+        if hasattr(self.tokenizer, "clean_fn"):  # a HuggingFace tokenizer (SigLIP's): uncut, unpadded
+            cleaned = [self.tokenizer.clean_fn(text) for text in texts]
+            return [len(row) for row in self.tokenizer.tokenizer(cleaned)["input_ids"]]
+        return [int(n) for n in (ids != 0).sum(axis=1)]
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

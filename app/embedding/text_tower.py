@@ -80,9 +80,9 @@ class TextTower:
 def model_logits(model: Any) -> dict[str, float]:
     """What turns the cosine of normalised embeddings into the model's logits: its logit
     scale (exponentiated) and bias (SigLIP: a sigmoid of the logits is the match probability)."""
-    logits = {"logit_scale": float(model.logit_scale.exp())}
+    logits = {"logit_scale": float(model.logit_scale.detach().exp())}
     if getattr(model, "logit_bias", None) is not None:
-        logits["logit_bias"] = float(model.logit_bias)
+        logits["logit_bias"] = float(model.logit_bias.detach())
     return logits
 
 

@@ -27,7 +27,7 @@ from tests.support import (
     run_server,
     server_settings,
 )
-from tests.tiny_models import build_open_clip_model
+from tests.tiny_models import build_open_clip_model, build_open_clip_siglip_model
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 TEXTS = ["a photo of a cat", "COINS on a table", "", "an astronaut in space " * 30]
@@ -160,3 +160,42 @@ OPEN_CLIP_PREPROCESS = {
     "interpolation": "bicubic",
     "resize_mode": "shortest",
 }
+
+
+@pytest.fixture(scope="module")
+def siglip_folder(tmp_path_factory):
+    return build_open_clip_siglip_model(tmp_path_factory.mktemp("open-clip-siglip") / "tiny")
+
+
+def test_a_siglip_checkpoint_timm_tower_hf_tokenizer_and_logit_bias(siglip_folder, images, tmp_path):
+    """ViT-B-16-SigLIP's layout (Marqo's fashionSigLIP, timm's SigLIP): a timm image tower,
+    the HuggingFace tokenizer in the folder, a logit bias. Images, texts and the model's
+    own logits are open_clip's, in torch; OpenVINO serves the timm tower equal to torch."""
+    location = f"local-dir:{siglip_folder}"
+    model, _, transform = open_clip.create_model_and_transforms(location)
+    model = model.eval()
+    tokenizer = open_clip.get_tokenizer(location)
+    assert type(tokenizer).__name__ == "HFTokenizer"
+    backend = backend_for(siglip_folder, tmp_path)
+    assert backend.preprocessor.fast and backend.modalities == ("image", "text")
+    rows, _ = backend.embed(images, PoolingStrategy.CLS, normalize=True)
+    text_rows = embed_texts(backend, TEXTS, normalize=True)
+    with torch.inference_mode():
+        pixels = torch.stack([transform(image) for image in images])
+        image_features, text_features, scale, bias = model(pixels, tokenizer(TEXTS))
+    torch.testing.assert_close(torch.from_numpy(rows), image_features, **TOLERANCE)
+    torch.testing.assert_close(torch.from_numpy(text_rows), text_features, **TOLERANCE)
+    assert set(backend.text_logits) == {"logit_scale", "logit_bias"}
+    assert backend.text_logits["logit_bias"] == pytest.approx(float(bias)) == pytest.approx(-10.0)
+    served = rows @ text_rows.T * backend.text_logits["logit_scale"] + backend.text_logits["logit_bias"]
+    torch.testing.assert_close(
+        torch.from_numpy(served), scale * image_features @ text_features.T + bias, rtol=1e-4, atol=1e-4
+    )
+    # Token counts from the tokenizer itself, before its cut at 64: the long text is counted.
+    tokenized = backend.tokenize(TEXTS)
+    assert tokenized.truncated == 1 and tokenized.token_counts[-1] == 64
+    assert tokenized.token_counts[0] == len(tokenizer.tokenizer(TEXTS[0])["input_ids"]) < 64
+
+    openvino = backend_for(siglip_folder, tmp_path, runtime="openvino")
+    ov_rows, _ = openvino.embed(images, PoolingStrategy.CLS, normalize=True)
+    np.testing.assert_allclose(ov_rows, rows, **TOLERANCE)

@@ -325,17 +325,52 @@ OPEN_CLIP_SIGLIP_CONFIG = {
 }
 
 
-def build_open_clip_siglip_model(folder: Path) -> Path:
-    """A tiny random OpenCLIP SigLIP (OPEN_CLIP_SIGLIP_CONFIG) in the hub layout, its
-    sentencepiece tokenizer saved beside it (open_clip's `local-dir:` reads it there)."""
+# MobileCLIP2-S0's layout (Apple's MobileCLIP checkpoints): a timm FastViT image tower (the
+# real one: timm has no smaller FastViT), open_clip's text transformer without a causal
+# mask (shrunk), CLIP's tokenizer.
+OPEN_CLIP_MOBILECLIP_CONFIG = {
+    "model_cfg": {
+        "embed_dim": 512,
+        "custom_text": True,
+        "vision_cfg": {
+            "timm_model_name": "fastvit_mci0",
+            "timm_model_pretrained": False,
+            "timm_pool": "avg",
+            "timm_proj": None,
+            "image_size": 256,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+            "no_causal_mask": True,
+        },
+    },
+    "preprocess_cfg": {
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+        "interpolation": "bilinear",
+        "resize_mode": "shortest",
+    },
+}
+
+
+def build_open_clip_timm_model(folder: Path, config: dict) -> Path:
+    """A random OpenCLIP model with a timm image tower and open_clip's custom text tower
+    (OPEN_CLIP_SIGLIP_CONFIG, OPEN_CLIP_MOBILECLIP_CONFIG) in the hub layout; a config that
+    names a Hugging Face tokenizer gets a sentencepiece one saved beside it (open_clip's
+    `local-dir:` reads it there)."""
     import json
 
     import open_clip
     import safetensors.torch
 
-    tokenizer = _siglip_tokenizer(folder)
-    config = json.loads(json.dumps(OPEN_CLIP_SIGLIP_CONFIG))
-    config["model_cfg"]["text_cfg"]["vocab_size"] = len(tokenizer)
+    config = json.loads(json.dumps(config))
+    folder.mkdir(parents=True, exist_ok=True)
+    if "hf_tokenizer_name" in config["model_cfg"]["text_cfg"]:
+        config["model_cfg"]["text_cfg"]["vocab_size"] = len(_siglip_tokenizer(folder))
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     torch.manual_seed(0)
     model_cfg = {k: v for k, v in config["model_cfg"].items() if k != "custom_text"}

@@ -27,7 +27,12 @@ from tests.support import (
     run_server,
     server_settings,
 )
-from tests.tiny_models import build_open_clip_model, build_open_clip_siglip_model
+from tests.tiny_models import (
+    OPEN_CLIP_MOBILECLIP_CONFIG,
+    OPEN_CLIP_SIGLIP_CONFIG,
+    build_open_clip_model,
+    build_open_clip_timm_model,
+)
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 TEXTS = ["a photo of a cat", "COINS on a table", "", "an astronaut in space " * 30]
@@ -148,7 +153,7 @@ def test_served_over_v2_with_its_text_tower(folder, reference, images, tmp_path)
         assert metadata["parameters"]["family"] == "open_clip"
         assert metadata["parameters"]["modalities"] == ["image", "text"]
         model = reference[0]
-        assert metadata["parameters"]["logit_scale"] == pytest.approx(float(model.logit_scale.exp()))
+        assert metadata["parameters"]["logit_scale"] == pytest.approx(float(model.logit_scale.detach().exp()))
         response = httpx.post(server.infer_url(), json=image_request(uris, normalize="true"), timeout=60)
         assert response.status_code == 200, response.text
     np.testing.assert_allclose(embeddings_of(response), want, **TOLERANCE)
@@ -164,7 +169,9 @@ OPEN_CLIP_PREPROCESS = {
 
 @pytest.fixture(scope="module")
 def siglip_folder(tmp_path_factory):
-    return build_open_clip_siglip_model(tmp_path_factory.mktemp("open-clip-siglip") / "tiny")
+    return build_open_clip_timm_model(
+        tmp_path_factory.mktemp("open-clip-siglip") / "tiny", OPEN_CLIP_SIGLIP_CONFIG
+    )
 
 
 def test_a_siglip_checkpoint_timm_tower_hf_tokenizer_and_logit_bias(siglip_folder, images, tmp_path):
@@ -197,5 +204,32 @@ def test_a_siglip_checkpoint_timm_tower_hf_tokenizer_and_logit_bias(siglip_folde
     assert tokenized.token_counts[0] == len(tokenizer.tokenizer(TEXTS[0])["input_ids"]) < 64
 
     openvino = backend_for(siglip_folder, tmp_path, runtime="openvino")
+    ov_rows, _ = openvino.embed(images, PoolingStrategy.CLS, normalize=True)
+    np.testing.assert_allclose(ov_rows, rows, **TOLERANCE)
+
+
+def test_a_mobileclip_checkpoint_fastvit_tower(images, tmp_path):
+    """MobileCLIP2-S0's layout (Apple's checkpoints): timm's FastViT image tower, open_clip's
+    text tower without a causal mask, CLIP's tokenizer. Images and texts are open_clip's in
+    torch; OpenVINO converts the FastViT tower equal to torch."""
+    folder = build_open_clip_timm_model(tmp_path / "mobileclip", OPEN_CLIP_MOBILECLIP_CONFIG)
+    location = f"local-dir:{folder}"
+    model, _, transform = open_clip.create_model_and_transforms(location)
+    model = model.eval()
+    tokenizer = open_clip.get_tokenizer(location)
+    backend = backend_for(folder, tmp_path)
+    assert backend.preprocessor.fast and backend.modalities == ("image", "text")
+    rows, _ = backend.embed(images, PoolingStrategy.CLS, normalize=True)
+    with torch.inference_mode():
+        image_features = model.encode_image(
+            torch.stack([transform(image) for image in images]), normalize=True
+        )
+        text_features = model.encode_text(tokenizer(TEXTS), normalize=True)
+    torch.testing.assert_close(torch.from_numpy(rows), image_features, **TOLERANCE)
+    texts = embed_texts(backend, TEXTS, normalize=True)
+    torch.testing.assert_close(torch.from_numpy(texts), text_features, **TOLERANCE)
+    assert set(backend.text_logits) == {"logit_scale"}
+
+    openvino = backend_for(folder, tmp_path, runtime="openvino")
     ov_rows, _ = openvino.embed(images, PoolingStrategy.CLS, normalize=True)
     np.testing.assert_allclose(ov_rows, rows, **TOLERANCE)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from bench.models import prepare_model
 from bench.photos import PHOTOS
+from bench.reports import RESULTS, write_report
 from bench.run import ROOT, app_command, free_port, process
 
 RATE = re.compile(r"(\d+) embedded in ([\d.]+) s")
@@ -254,13 +255,8 @@ def main(argv=None) -> dict:
                     cells[f"pipeline_steady_vs_{name}"] = steady / cells[name]["img_per_s"]
         report["sizes"][size_text] = cells
         print(size_text, json.dumps(cells, indent=1), flush=True)
-    out = (
-        ROOT
-        / "bench"
-        / "results"
-        / f"batch-{args.model}-{args.runtime}-{args.openvino_hint}-{args.sizes.replace(',', '-')}.json"
-    )
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    sizes = args.sizes.replace(",", "-")
+    write_report(report, RESULTS / f"batch-{args.model}-{args.runtime}-{args.openvino_hint}-{sizes}.json")
     return report
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from bench.load import run_load
 from bench.models import prepare_model
 from bench.redis_server import RedisServer
+from bench.reports import RESULTS, write_report
 from bench.run import ROOT, app_command, cpu_seconds, free_port, process
 
 MODEL = "bench"
@@ -240,9 +241,7 @@ def main(argv=None) -> dict:
                 )
     print(markdown(report))
     tiers = "local" if not report["shared_tier"] else "local-redis"
-    out = ROOT / "bench" / "results" / f"cache-{args.model.replace('/', '_')}-{tiers}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(report, RESULTS / f"cache-{args.model.replace('/', '_')}-{tiers}.json")
     return report
 
 

@@ -36,6 +36,7 @@ from bench.forward import (
 )
 from bench.load import run_load
 from bench.models import prepare_model
+from bench.reports import RESULTS, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "cat")
@@ -353,16 +354,12 @@ def main(argv=None) -> dict:
     print(markdown(report))
     out = (
         args.out
-        or ROOT
-        / "bench"
-        / "results"
+        or RESULTS
         / f"{args.model.replace('/', '_')}-{args.runtime}-{'int8' if args.quantize == 'int8' else args.dtype}"
         f"{'-compile' if args.compile else ''}{'-latency' if args.openvino_hint == 'latency' else ''}"
         f"-w{args.workers}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_report(report, out)}")
     return report
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.load import run_load
 from bench.models import VIT_BASE
+from bench.reports import RESULTS, write_report
 from bench.run import ROOT, app_command, free_port, process
 
 TEXTS = ["a photo of a cat", "a red car at night", "two dogs on a beach", "a bowl of soup", "a city skyline"]
@@ -126,8 +127,7 @@ def main(argv=None) -> dict:
             f"| {cell['texts_per_second'] / best:.2f}x | {cell['errors']} |"
         )
     report = {"raw_text_forward": raw, "cells": cells}
-    out = ROOT / "bench" / "results" / "clip-b32-text.json"
-    out.write_text(json.dumps(report, indent=2))
+    write_report(report, RESULTS / "clip-b32-text.json")
     return report
 
 

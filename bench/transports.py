@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import prepare_model
+from bench.reports import RESULTS, write_report
 from bench.run import app_command, free_port, process, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "image-embed-bench")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transports.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "transports.json")
     args = parser.parse_args(argv)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
     folder = prepare_model(args.model, args.cache)
@@ -152,8 +153,7 @@ def main(argv=None) -> dict:
         for r, g in zip(rounds[0::2], rounds[1::2], strict=True)
     ]
     print(json.dumps({k: v for k, v in report.items() if k != "rounds"}, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(report, args.out)
     return report
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import prepare_model
+from bench.reports import RESULTS, write_report
 from bench.run import app_command, free_port, process, write_photos
 from bench.transports import MODEL, closed_loop, this_server_call
 
@@ -133,9 +134,10 @@ def main(argv=None) -> dict:
         "lone_p50_ms": [results["this_server"]["lone_p50_ms"], fastest_lone],
     }
     print(json.dumps(results["ratios"]))
-    out = args.out or ROOT / "bench" / "results" / f"triton-{args.model}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "clients": args.clients, **results}, indent=2))
+    write_report(
+        {"model": args.model, "clients": args.clients, **results},
+        args.out or RESULTS / f"triton-{args.model}.json",
+    )
     return results
 
 

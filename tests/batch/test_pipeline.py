@@ -240,6 +240,16 @@ def test_a_pool_that_leaves_no_cpu_for_decoding_is_refused(cluster, photos, tiny
     assert not (tmp_path / "out.emb").exists()
 
 
+def test_a_pooling_the_family_lacks_stops_the_job_in_one_line(cluster, photos, tiny_models, tmp_path):
+    """The driver's model check refuses the setting by name, before any actor starts or any
+    row is written."""
+    with pytest.raises(
+        SystemExit, match="cannot embed with these settings: POOLING_STRATEGY=cls: .* support mean, max"
+    ):
+        _batch(photos, tmp_path / "out.emb", tiny_models["swinv2"], "--pooling-strategy", "cls")
+    assert not (tmp_path / "out.emb").exists()
+
+
 def test_bad_flags_exit_before_ray_starts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path), "--out", str(tmp_path / "out"), "--actors", "3,1"])

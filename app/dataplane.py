@@ -160,11 +160,12 @@ class DataPlane:
     async def _ready(self, model: ServedModel, deadline_s: float | None) -> float | None:
         """Wait for the model (an on-demand reload counts against the deadline); the rest
         of the deadline."""
-        if model.loaded:  # the common case: nothing to wait for
+        if model.loaded and not model.loads_on_demand:  # the common case: nothing to wait for
             model.require_ready()
             return deadline_s
         started = time.monotonic()
-        await self.models.acquire(model, deadline_s)
+        with model.waiting_for_load():
+            await self.models.acquire(model, deadline_s)
         if deadline_s is None:
             return None
         return max(deadline_s - (time.monotonic() - started), 1e-3)

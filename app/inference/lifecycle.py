@@ -46,8 +46,10 @@ class IllegalTransition(RuntimeError):
 @dataclass
 class Lifecycle:
     """`on_demand`: in UNLOADED, whether a request may load the model by itself (unloaded
-    when idle or to make room) or must wait for a repository load; in LOADING, whether a
-    request started this load (requests then wait for it instead of getting 503)."""
+    when idle or to make room) or must wait for a repository load; in UNLOADING, which of
+    the two the unload ends in (a request that meets an idle unload waits for it, then
+    loads, instead of getting 503); in LOADING, whether a request started this load
+    (requests then wait for it instead of getting 503)."""
 
     load_at_startup: bool
     phase: Phase = Phase.UNLOADED
@@ -88,8 +90,9 @@ class Lifecycle:
         if self.load_at_startup and self.loads == 1:
             self.failed_at_startup = True
 
-    def begin_unload(self) -> None:
+    def begin_unload(self, on_demand: bool) -> None:
         self._move(Phase.UNLOADING, "unloading")
+        self.on_demand = on_demand
 
     def unload_failed(self) -> None:
         self._move(Phase.READY, "")
@@ -130,9 +133,9 @@ class Lifecycle:
 
     @property
     def loads_on_demand(self) -> bool:
-        """A request may wait for this model to load (an on-demand load, or one in progress
-        that a request started), rather than get 503."""
-        return self.phase in (Phase.UNLOADED, Phase.LOADING) and self.on_demand
+        """A request may wait for this model to load (unloaded, or being unloaded, when idle
+        or to make room; or a load in progress that a request started), rather than get 503."""
+        return self.phase in (Phase.UNLOADED, Phase.UNLOADING, Phase.LOADING) and self.on_demand
 
     @property
     def load_error(self) -> str | None:

@@ -183,8 +183,8 @@ class ModelRegistry:
         if not self.started or self.draining or self.broken:
             return False
         for model in self:
-            if model.loaded and not model.ready:
-                return False
+            if model.loaded and not model.ready and not model.loads_on_demand:
+                return False  # (an idle unload in progress: its next request loads it again)
             failed_at_start = model.broken  # marked in the index; the others serve
             if (
                 model.load_at_startup

@@ -119,6 +119,7 @@ class ServedModel:
         self.stats = ModelStatistics(self.name, MODEL_VERSION)
         self.admitted_inputs = 0  # images and texts admitted and not yet answered: the backpressure bound
         self.in_flight = 0  # requests between model lookup and answer: an unload waits for them
+        self.awaiting_load = 0  # of those, the ones waiting for an on-demand load: it does not
         self.last_used = time.monotonic()
         self._loading: asyncio.Task | None = None
         self._unload_task: asyncio.Task | None = None
@@ -289,7 +290,8 @@ class ServedModel:
         if self._loading is not None and not self._loading.done():
             await asyncio.shield(self._loading)
         if self.lifecycle.phase is Phase.READY:
-            self.lifecycle.begin_unload()  # from now on: refused requests, an unready model
+            # From now on: new requests wait for the reload (on demand) or are refused (503).
+            self.lifecycle.begin_unload(loads_on_demand)
             self._unload_task = asyncio.create_task(self._unload(reason, loads_on_demand))
         if self._unload_task is not None and not self._unload_task.done():
             await asyncio.shield(self._unload_task)
@@ -299,7 +301,10 @@ class ServedModel:
     async def _unload(self, reason: str, loads_on_demand: bool) -> None:
         try:
             deadline = time.monotonic() + self.limits.request_timeout_s
-            while (self.in_flight or self.admitted_inputs) and time.monotonic() < deadline:
+            # Requests waiting for the reload that follows hold nothing of this model.
+            while (
+                self.in_flight - self.awaiting_load or self.admitted_inputs
+            ) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             await self._stop_worker()
             self.metrics.model.remove(*self._info_labels)
@@ -403,6 +408,16 @@ class ServedModel:
         )
 
     # --- inference -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def waiting_for_load(self):
+        """An in-flight request waiting for this model's on-demand load (after the unload in
+        progress, if one is): the unload does not wait for it."""
+        self.awaiting_load += 1
+        try:
+            yield
+        finally:
+            self.awaiting_load -= 1
 
     @contextlib.contextmanager
     def counting_request(self):

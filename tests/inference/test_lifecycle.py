@@ -40,7 +40,7 @@ def test_a_start_up_model_is_loading_from_the_first_moment_and_a_deferred_one_wa
 
 def test_transitions_outside_the_diagram_are_refused():
     life = Lifecycle(load_at_startup=False)
-    for wrong in (life.loaded, life.begin_unload, life.unload_failed):
+    for wrong in (life.loaded, lambda: life.begin_unload(on_demand=False), life.unload_failed):
         with pytest.raises(IllegalTransition):
             wrong()
     life.begin_load(on_demand=True)
@@ -66,7 +66,7 @@ def test_a_failed_start_up_load_is_broken_until_a_load_succeeds():
     life.begin_load(on_demand=False)
     life.loaded()
     assert not life.broken and life.load_error is None and life.triton_state() == ("READY", "")
-    life.begin_unload()
+    life.begin_unload(on_demand=False)
     life.unloaded("unloaded through the repository API", on_demand=False)
     assert not life.broken  # it loaded once: unloaded now, not dead
 
@@ -327,6 +327,49 @@ def test_unload_by_api_makes_the_server_unready_unload_by_ttl_does_not():
         await registry.load("a")
         assert registry.get("a").ready
         await registry.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_meets_an_idle_unload_waits_for_it_and_loads_again():
+    """MODEL_TTL_S (or MAX_LOADED_MODELS) unloads a model the moment it is idle; a request
+    arriving while that unload runs is served after a reload, not refused with 503, and the
+    server stays ready throughout (seen on a loaded machine: one 503 for a busy model whose
+    client paused past the TTL). An unload through the API still refuses it."""
+
+    async def scenario():
+        loader = FakeLoader()
+        plane = plane_of(served("m", loader))
+        await plane.models.start()
+        model = plane.models.get("m")
+        await eventually(lambda: model.ready)
+
+        async def decode(limits):
+            return image_spec(JPEG)
+
+        ttl = "unloaded after 1 s idle (MODEL_TTL_S); its next request loads it again"
+        # A request still being read holds the unload open (it waits for in-flight requests).
+        with model.counting_request():
+            idle_unload = asyncio.create_task(model.unload(ttl, loads_on_demand=True))
+            await eventually(lambda: model.unloading)
+            assert plane.models.ready  # the balancer keeps this replica
+            loader.hold.clear()  # the reload, once the unload is done, waits here
+            request = asyncio.create_task(plane.infer("m", None, decode))
+            await eventually(lambda: model.awaiting_load == 1)
+        await idle_unload  # it does not wait for the request that waits for the reload
+        await eventually(lambda: model.loading)
+        loader.hold.set()
+        outcome = await request
+        assert outcome.embeddings.shape == (1, 3) and loader.loads == 2 and model.ready
+
+        with model.counting_request():
+            api_unload = asyncio.create_task(model.unload("unloaded through the repository API", False))
+            await eventually(lambda: model.unloading)
+            with pytest.raises(ServiceUnavailable, match="is unloading"):
+                await plane.infer("m", None, decode)
+            assert not plane.models.ready
+        await api_unload
+        await plane.models.close()
 
     asyncio.run(scenario())
 

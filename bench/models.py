@@ -1,6 +1,8 @@
-"""The benchmark models: the real MobileNetV2 (embedded default), random-weight
-DINOv2-shaped ViTs and SigLIP 2's base image tower at 224 and NaFlex 256 patches (the
-forward's cost depends on the shape, not the weights)."""
+"""The benchmark models: the real MobileNetV2 (embedded default) and random-weight towers
+in the shapes of DINOv2-S/B, DINOv3 ViT-S/16 and ConvNeXt-T, MetaCLIP 2 B/32, SigLIP 2's base
+at 224 and NaFlex 256 patches and OpenCLIP's ViT-B-32 (the forward's cost depends on the
+shape, not the weights; fidelity between runtimes on random weights says the runtimes agree,
+not that the embeddings mean anything)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,10 @@ def prepare_model(name: str, cache: Path) -> Path:
                 image_std=[0.229, 0.224, 0.225],
             ).save_pretrained(folder)
         return folder
+    if name in ("dinov3-vits16", "dinov3-convnext-tiny"):
+        return _dinov3(name, cache / f"{name}-random")
+    if name == "metaclip2-b32":
+        return _metaclip2_b32(cache / "metaclip2-b32-random")
     if name == "siglip2-base-224":
         return _siglip2_base(cache / "siglip2-base-224-random")
     if name == "siglip2-base-naflex-256":
@@ -49,9 +55,52 @@ def prepare_model(name: str, cache: Path) -> Path:
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise SystemExit(
-            f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)}, siglip2-base-224, "
-            "siglip2-base-naflex-256, open-clip-vit-b-32 or a model folder"
+            f"unknown model {name!r}: use mobilenet-v2, {', '.join(SHAPES)}, dinov3-vits16, "
+            "dinov3-convnext-tiny, metaclip2-b32, siglip2-base-224, siglip2-base-naflex-256, "
+            "open-clip-vit-b-32 or a model folder"
         )
+    return folder
+
+
+def _dinov3(name: str, folder: Path) -> Path:
+    """facebook/dinov3-vits16-pretrain-lvd1689m (ViT-S/16, 4 registers, RoPE) or
+    dinov3-convnext-tiny-pretrain-lvd1689m, with their processor's steps (224x224 bilinear,
+    ImageNet mean/std) in the Pillow processor this server loads for DINOv3 folders."""
+    if not (folder / "config.json").is_file():
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(0)
+        if name == "dinov3-vits16":
+            # Layer scale 1.0, not the checkpoint's initial 1e-5: random blocks scaled
+            # by 1e-5 leave every image with nearly the same embedding.
+            model = tf.DINOv3ViTModel(tf.DINOv3ViTConfig(num_register_tokens=4, layerscale_value=1.0))
+        else:
+            model = tf.DINOv3ConvNextModel(tf.DINOv3ConvNextConfig())
+        model.save_pretrained(folder)
+        tf.BitImageProcessorPil(
+            size={"height": 224, "width": 224},
+            do_center_crop=False,
+            resample=2,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        ).save_pretrained(folder)
+    return folder
+
+
+def _metaclip2_b32(folder: Path) -> Path:
+    """facebook/metaclip-2-worldwide-b32's image tower with its projection (CLIP's ViT-B/32)
+    and CLIP's processor (shortest side 224 bicubic, centre crop 224, OpenAI's mean and std)."""
+    if not (folder / "config.json").is_file():
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(0)
+        config = tf.MetaClip2VisionConfig(**VIT_BASE, image_size=224, patch_size=32, projection_dim=512)
+        tf.MetaClip2VisionModelWithProjection(config).save_pretrained(folder)
+        tf.CLIPImageProcessorPil(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3
+        ).save_pretrained(folder)
     return folder
 
 

@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--model",
         default="mobilenet-v2",
-        help="mobilenet-v2, dinov2-small, dinov2-base, siglip2-base-224, siglip2-base-naflex-256 or a folder",
+        help="mobilenet-v2 or a bench shape (bench/models.py) or a folder",
     )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")

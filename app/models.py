@@ -52,7 +52,8 @@ def check_loads(folder: Path) -> str:
     """A one-line description of the model in `folder`, once it has loaded (raises if not)."""
     import torch
 
-    from app.embedding.loader import ModelSource, load_model
+    from app.embedding.loader import load_model
+    from app.embedding.model_source import ModelSource
 
     loaded = load_model(
         ModelSource(str(folder), folder.name, str(folder)), torch.device("cpu"), torch.float32

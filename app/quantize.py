@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("nncf").setLevel(logging.WARNING)
 
-    from app.embedding.loader import resolve_source
+    from app.embedding.model_source import resolve_source
     from app.embedding.openvino_export import build_export, local_folder
     from app.settings.model import ModelSettings
 

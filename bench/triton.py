@@ -45,7 +45,7 @@ def triton_python(base: str) -> Path:
 
 def export_folder(model: Path, cache: Path) -> Path:
     """The OpenVINO float32 export this server makes of `model` (the files Triton serves)."""
-    from app.embedding.loader import resolve_source
+    from app.embedding.model_source import resolve_source
     from app.embedding.openvino_export import ensure_export
     from app.settings.model import ModelSettings
 

@@ -36,6 +36,14 @@ SERVING_MODULES = [
     "app.grpc_api.server",
     "app.grpc_api.servicer",
     "app.grpc_api.codec",
+    # The OpenVINO backend's own modules: a cached export serves without torch or transformers.
+    "app.embedding.model_source",
+    "app.embedding.gpu_presence",
+    "app.embedding.openvino_backend",
+    "app.embedding.openvino_export",
+    "app.embedding.auto_runtime",
+    "app.embedding.preflight",
+    "app.cache.keys",
 ]
 
 

@@ -41,10 +41,11 @@ def model_identity(settings: ModelSettings, files: Path, runtime: dict[str, str]
 
 
 def _runtime_versions(runtime: dict[str, str]) -> list[str]:
-    import torch
-    import transformers
+    # The installed versions, read without importing torch and transformers (seconds that
+    # an OpenVINO model's start-up does not otherwise spend); the same strings as __version__.
+    from importlib.metadata import version
 
-    versions = [torch.__version__, transformers.__version__]
+    versions = [version("torch"), version("transformers")]
     if runtime.get("platform") == "openvino":
         import openvino
 

@@ -129,7 +129,7 @@ def resolve(settings: ModelSettings) -> ModelSettings:
     if torch_only is not None:
         log.info("RUNTIME=auto: torch (%s)", torch_only)
         return settings.model_copy(update={"runtime": RuntimeSetting.TORCH})
-    from app.embedding.loader import resolve_source
+    from app.embedding.model_source import resolve_source
     from app.embedding.openvino_export import is_export, local_folder
 
     source = resolve_source(settings)
@@ -165,12 +165,15 @@ def _torch_only(settings: ModelSettings) -> str | None:
     """Why this model runs on torch without measuring, or None."""
     if settings.runtime == RuntimeSetting.OPENVINO or settings.quantize == QuantizeSetting.INT8:
         return None  # OpenVINO asked for, or int8, which only OpenVINO runs
-    from app.embedding.device import resolve_device
+    from app.embedding.gpu_presence import certainly_cpu
     from app.installed import is_installed
 
-    device = resolve_device(settings.device)
-    if device.type != "cpu":
-        return f"the model runs on {device}"
+    if not certainly_cpu(settings.device):
+        from app.embedding.device import resolve_device
+
+        device = resolve_device(settings.device)
+        if device.type != "cpu":
+            return f"the model runs on {device}"
     if settings.compile:
         return "COMPILE is torch.compile"
     if settings.dtype not in (DTypeSetting.AUTO, DTypeSetting.FLOAT32):
@@ -356,9 +359,9 @@ def _throughput(backend: RuntimeBackend, batch: np.ndarray, seconds: float | Non
 
 
 def _decision_path(settings: ModelSettings, folder: Path, model_id: str) -> Path:
+    from importlib.metadata import version
+
     import openvino
-    import torch
-    import transformers
 
     speed_settings = settings.model_dump(mode="json", include=_SPEED_SETTINGS)
     # TORCH_THREADS=0 and its resolved value (the process's share) are the same setting.
@@ -366,7 +369,8 @@ def _decision_path(settings: ModelSettings, folder: Path, model_id: str) -> Path
     material = {
         "version": DECISION_VERSION,
         "files": folder_digest(folder),
-        "versions": [torch.__version__, transformers.__version__, openvino.__version__],
+        # The installed versions, read without importing torch and transformers (seconds).
+        "versions": [version("torch"), version("transformers"), openvino.__version__],
         "cpus": usable_cpus(),
         "isa": _cpu_flags(),
         "settings": speed_settings,

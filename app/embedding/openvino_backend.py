@@ -8,15 +8,24 @@ called from several threads."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import time
+from pathlib import Path
 
 import numpy as np
 
 from app.cpus import usable_cpus
-from app.embedding.backend import IMAGE, ExecutionTiming, PoolRequest, embed_images, split_rows
-from app.embedding.loader import resolve_source
+from app.embedding.backend import (
+    IMAGE,
+    ExecutionTiming,
+    ImagePreprocessor,
+    PoolRequest,
+    embed_images,
+    split_rows,
+)
+from app.embedding.model_source import resolve_source
 from app.embedding.openvino_export import ExportInfo, ensure_export
 from app.embedding.pooling import PoolingStrategy, check_supported
 from app.errors import BadRequest
@@ -33,9 +42,6 @@ class OpenVinoBackend:
     def __init__(self, folder, info: ExportInfo, settings: ModelSettings):
         import openvino as ov
 
-        from app.embedding.image_processor import load_image_processor
-        from app.embedding.preprocess import make_preprocessor
-
         self.folder = folder
         self.info = info
         self.model_id = info.model_id
@@ -43,9 +49,7 @@ class OpenVinoBackend:
         self.embedding_dim = info.embedding_dim
         self.input_shape = tuple(info.input_shape)
         self.max_batch_size = settings.max_batch_size
-        self.preprocessor = make_preprocessor(
-            load_image_processor(str(folder)), settings.fast_preprocessing, settings.max_num_patches
-        )
+        self.preprocessor = _preprocessor(folder, settings)
         # float32 unless asked for bf16: OpenVINO would pick bf16 by itself on CPUs that have it.
         self.inference_precision = "bf16" if settings.dtype == DTypeSetting.BFLOAT16 else "f32"
         self.threads = settings.torch_threads or usable_cpus()
@@ -163,3 +167,19 @@ class OpenVinoBackend:
     ) -> tuple[np.ndarray, list[ExecutionTiming]]:
         """[N, D] float32 embeddings of PIL images, max_batch_size per forward pass (no batcher)."""
         return embed_images(self, images, strategy, normalize)
+
+
+def _preprocessor(folder: Path, settings: ModelSettings) -> ImagePreprocessor:
+    """The export's written fast path where it has one (no transformers or torch import),
+    else the path made from the folder's image processor."""
+    from app.embedding.image_processor import load_image_processor
+    from app.embedding.preprocess import FAST_STEPS_FILE, FastPreprocessor, make_preprocessor
+
+    steps = folder / FAST_STEPS_FILE
+    if settings.fast_preprocessing and not settings.max_num_patches and steps.is_file():
+        return FastPreprocessor.from_steps(
+            json.loads(steps.read_text()), lambda: load_image_processor(str(folder))
+        )
+    return make_preprocessor(
+        load_image_processor(str(folder)), settings.fast_preprocessing, settings.max_num_patches
+    )

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from app.embedding.file_digest import folder_digest, folder_manifest, manifest_mismatch
-from app.embedding.loader import ModelSource
+from app.embedding.model_source import ModelSource
 from app.settings.model import ModelSettings, QuantizeSetting
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ EXPORT_INFO = "embedding_export.json"
 # Each file's size and sha256, written last: a cached folder is reused only when it matches
 # (a disk that filled up mid-write, or a file damaged since, would otherwise serve forever).
 MANIFEST = "export_manifest.json"
-GRAPH_VERSION = 1  # bump when PooledOutputs or the conversion changes what the graph computes
+GRAPH_VERSION = 2  # bump when PooledOutputs, a family's pooling outputs (families.py) or the
+# conversion changes what the graph computes
 _COPIED_FILES = ("config.json", "preprocessor_config.json")
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
 
@@ -131,16 +132,14 @@ def discard(folder: Path) -> None:
 def export_key(folder: Path, settings: ModelSettings) -> str:
     import openvino
 
-    from app.embedding.families import folder_adapter
-
-    adapter = folder_adapter(folder, settings.trust_remote_code)
+    # The model's files and this code's graph version decide the graph; the family's pooling
+    # outputs follow from config.json (in the files). Nothing here imports transformers or
+    # torch, so that a cached export serves without them (seconds of start-up).
     material = {
         "graph": GRAPH_VERSION,
         "openvino": openvino.__version__,
         "files": folder_digest(folder),
         "precision": settings.quantize.value,
-        # Known families' pooling outputs; other families' come from the files (a probe forward).
-        "poolings": [p.value for p in adapter.supported] if adapter is not None else "probed",
     }
     if settings.quantize == QuantizeSetting.INT8:
         from app.embedding.preflight import import_nncf
@@ -162,6 +161,7 @@ def build_export(folder: Path, model_id: str, settings: ModelSettings, out: Path
 
     started = time.perf_counter()
     from app.embedding.open_clip_preprocess import OpenClipPreprocessor
+    from app.embedding.preprocess import FAST_STEPS_FILE, fast_steps
 
     model, info, preprocessor = _convert(folder, model_id, settings)
     if settings.quantize == QuantizeSetting.INT8:
@@ -169,6 +169,9 @@ def build_export(folder: Path, model_id: str, settings: ModelSettings, out: Path
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(preprocessor, OpenClipPreprocessor):  # served without the open_clip package
         preprocessor.processor.write(out)
+    steps = fast_steps(preprocessor.processor)
+    if steps is not None:  # served without transformers and torch
+        (out / FAST_STEPS_FILE).write_text(json.dumps(steps, indent=2) + "\n")
     # compress_to_fp16 would halve the file and round every weight to float16: keep float32.
     ov.save_model(model, out / "model.xml", compress_to_fp16=False)
     for name in _COPIED_FILES:

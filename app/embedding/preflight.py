@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 from app.embedding.file_digest import folder_files
+from app.embedding.gpu_presence import certainly_cpu
 from app.embedding.model_folder import find_model_folder, is_open_clip_folder
 from app.installed import is_installed
-from app.settings.model import ModelSettings, QuantizeSetting, RuntimeSetting
+from app.settings.model import DTypeSetting, ModelSettings, QuantizeSetting, RuntimeSetting
 
 # Calibration needs at least this many images: three quarters calibrate, a quarter checks.
 MIN_CALIBRATION_IMAGES = 8
@@ -98,6 +99,8 @@ def _in_hub_cache(model_id: str) -> bool:
 def _check_device_and_dtype(settings: ModelSettings) -> None:
     if settings.runtime == RuntimeSetting.OPENVINO:
         return  # CPU only, and the settings already refuse float16 with it
+    if certainly_cpu(settings.device) and settings.dtype in (DTypeSetting.AUTO, DTypeSetting.FLOAT32):
+        return  # float32 on the CPU always works: no torch import to say so
     from app.embedding.device import resolve_device, resolve_dtype
 
     try:
@@ -122,13 +125,15 @@ def _check_remote_code(folder: Path) -> None:
     """A config whose model type transformers does not know, with code of its own."""
     import json
 
-    from transformers import CONFIG_MAPPING
-
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return  # loading says what is wrong with it
-    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+    if not config.get("auto_map"):
+        return  # no code of its own: nothing to refuse, and no transformers import (seconds)
+    from transformers import CONFIG_MAPPING
+
+    if config.get("model_type") not in CONFIG_MAPPING:
         raise StartupError(remote_code_refusal(folder))
 
 

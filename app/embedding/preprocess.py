@@ -15,6 +15,8 @@ NaFlex processors (variable patch grids) take their own path: naflex.py.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,9 @@ _SIMPLE_PROCESSORS = (
     "DeiTImageProcessor",
 )
 _RESAMPLING = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+# In an OpenVINO export: the fast path's steps (FastPreprocessor.steps), so that serving it
+# needs neither transformers nor torch.
+FAST_STEPS_FILE = "fast_preprocess.json"
 
 
 class Preprocessor:
@@ -65,11 +70,43 @@ class FastPreprocessor(Preprocessor):
 
     def __init__(self, processor, resize: tuple[str, Any], crop: tuple[int, int] | None):
         super().__init__(processor)
+        self._load_processor: Callable[[], Any] = lambda: processor
+        self._set_steps(resize, crop, Image.Resampling(processor.resample), processor_affine(processor))
+
+    @classmethod
+    def from_steps(cls, steps: dict, load_processor: Callable[[], Any]) -> FastPreprocessor:
+        """The same path from the steps `steps()` wrote into an OpenVINO export: no
+        transformers import (seconds of start-up) until an image needs the processor
+        itself (one smaller than the crop), when `load_processor` gives it."""
+        self = cls.__new__(cls)
+        Preprocessor.__init__(self, None)
+        self._load_processor = load_processor
+        resize_to = steps["resize_to"]
+        self._set_steps(
+            (steps["resize_kind"], resize_to if isinstance(resize_to, int) else tuple(resize_to)),
+            tuple(steps["crop"]) if steps["crop"] is not None else None,
+            Image.Resampling(steps["resample"]),
+            (np.asarray(steps["multiply"], np.float32), np.asarray(steps["add"], np.float32)),
+        )
+        return self
+
+    def steps(self) -> dict:
+        """What from_steps needs, as JSON (float32 values survive the round trip exactly)."""
+        return {
+            "resize_kind": self.resize_kind,
+            "resize_to": self.resize_to,
+            "crop": self.crop,
+            "resample": int(self.resample),
+            "multiply": [float(value) for value in self.multiply],
+            "add": [float(value) for value in self.add],
+        }
+
+    def _set_steps(self, resize, crop, resample, affine) -> None:
         # shortest_edge: an int; size: a (height, width) pair.
         self.resize_kind, self.resize_to = resize
         self.crop = crop
-        self.resample = Image.Resampling(processor.resample)
-        self.multiply, self.add = processor_affine(processor)
+        self.resample = resample
+        self.multiply, self.add = affine
         target = self.resize_to if self.resize_kind == "shortest_edge" else min(self.resize_to)
         # JPEG draft decoding must leave about twice the resize target: asking for exactly the
         # target loses detail the antialiased resize would have used (cosine 0.986 vs 0.9999).
@@ -90,7 +127,7 @@ class FastPreprocessor(Preprocessor):
             crop_h, crop_w = self.crop
             top, left = (height - crop_h) // 2, (width - crop_w) // 2
             if top < 0 or left < 0:
-                return super().__call__(image)  # the processor pads images smaller than the crop
+                return self._through_processor(image)  # the processor pads images smaller than the crop
             if (height, width) == (image.height, image.width):
                 image = image.crop((left, top, left + crop_w, top + crop_h))
             else:
@@ -101,6 +138,16 @@ class FastPreprocessor(Preprocessor):
                 box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
                 image = image.resize((crop_w, crop_h), self.resample, box=box)
         return normalised_chw(image, self.multiply, self.add)
+
+    def _through_processor(self, image: Image.Image) -> np.ndarray:
+        if self.processor is None:  # made from an export's steps: load it once, in any thread
+            with _LOADING_PROCESSOR:
+                if self.processor is None:
+                    self.processor = self._load_processor()
+        return super().__call__(image)
+
+
+_LOADING_PROCESSOR = threading.Lock()
 
 
 def probe_image() -> Image.Image:
@@ -129,6 +176,13 @@ def make_preprocessor(
         if plan is not None:
             return FastPreprocessor(processor, *plan)
     return Preprocessor(processor)
+
+
+def fast_steps(processor) -> dict | None:
+    """FastPreprocessor's steps for this processor, or None where it has no fast path: what
+    an OpenVINO export writes down (FAST_STEPS_FILE) to serve without transformers."""
+    plan = _fast_plan(processor)
+    return FastPreprocessor(processor, *plan).steps() if plan is not None else None
 
 
 def _fast_plan(processor):

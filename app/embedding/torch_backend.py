@@ -16,7 +16,8 @@ from app.embedding.backend import IMAGE, TEXT, ExecutionTiming, PoolRequest, emb
 from app.embedding.device import resolve_device, resolve_dtype
 from app.embedding.execution import ExecutionOptions, configure_threads, prepare_model
 from app.embedding.families import CONVOLUTIONAL_MODEL_TYPES, FamilyAdapter, generic_adapter
-from app.embedding.loader import LoadedModel, load_model, resolve_source
+from app.embedding.loader import LoadedModel, load_model
+from app.embedding.model_source import resolve_source
 from app.embedding.openvino_export import is_export
 from app.embedding.pooling import PoolingStrategy, check_supported
 from app.embedding.preprocess import make_preprocessor, probe_image

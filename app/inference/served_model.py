@@ -227,7 +227,7 @@ class ServedModel:
     def _identity(self, backend: RuntimeBackend) -> str | None:
         """The cache identity of the loaded model (its files are read once per process), or
         None: the model is then served without the cache, which is never worth a failed load."""
-        from app.embedding.loader import resolve_source
+        from app.embedding.model_source import resolve_source
         from app.embedding.openvino_export import local_folder
 
         started = time.perf_counter()

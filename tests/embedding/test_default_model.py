@@ -6,7 +6,7 @@ import torch
 import transformers as tf
 
 from app.embedding.default_model import DEFAULT_MODEL_ID, ensure_default_model
-from app.embedding.loader import resolve_source
+from app.embedding.model_source import resolve_source
 from app.embedding.torch_backend import TorchBackend
 from app.settings import Settings
 from tests.support import photo

@@ -87,3 +87,39 @@ def test_images_smaller_than_the_crop_fall_back_to_the_processor(tiny_models):
     fast = make_preprocessor(processor)
     tiny = Image.fromarray(np.full((5, 7, 3), 200, np.uint8))
     assert fast(tiny).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("family", ["dinov2", "clip", "siglip", "vit", "mobilenet_v2", "deit"])
+def test_the_steps_an_export_writes_give_the_same_pixels(family, tiny_models):
+    """What an OpenVINO export serves from (fast_preprocess.json) is the fast path itself,
+    bit for bit, without loading the processor."""
+    import json
+
+    from app.embedding.preprocess import FastPreprocessor, fast_steps
+
+    processor = tf.AutoImageProcessor.from_pretrained(tiny_models[family])
+    loads = []
+    written = FastPreprocessor.from_steps(
+        json.loads(json.dumps(fast_steps(processor))), lambda: loads.append(1) or processor
+    )
+    fast = make_preprocessor(processor)
+    assert written.draft_min_side == fast.draft_min_side
+    for name in PHOTOS:
+        image = photo(name)
+        np.testing.assert_array_equal(written(image), fast(image))
+    assert loads == []  # the processor is never loaded for images the fast path takes
+
+
+def test_an_image_smaller_than_the_crop_loads_the_processor_once():
+    """From an export's steps, the processor (transformers) is loaded only when an image
+    needs it: one smaller than the centre crop, which the processor pads."""
+    from app.embedding.preprocess import FastPreprocessor, fast_steps
+
+    processor = tf.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 24, "width": 24})
+    loads = []
+    written = FastPreprocessor.from_steps(fast_steps(processor), lambda: loads.append(1) or processor)
+    small = Image.fromarray(np.full((10, 12, 3), 90, np.uint8))
+    want = processor(images=[small], return_tensors="np")["pixel_values"][0]
+    np.testing.assert_array_equal(written(small), want)
+    np.testing.assert_array_equal(written(small), want)
+    assert loads == [1]

@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench"
 
 
+REQUEST_TIMEOUT_S = 30
+
+
 async def closed_loop(make_client, build, photos: list[bytes], clients: int, seconds: float, warmup_s=1.5):
     """`clients` clients, each sending one photo at a time (`build(photo)` gives the call's
     model, inputs and outputs) and the next once answered; img/s and p50 in the window."""
@@ -44,7 +47,9 @@ async def closed_loop(make_client, build, photos: list[bytes], clients: int, sec
             model, inputs, outputs = build(photos[i % len(photos)])
             sent = time.perf_counter()
             try:
-                await client.infer(model, inputs, outputs=outputs)
+                # Bounded: a server that never answers (seen: PyTriton with two model
+                # instances on a 2-vCPU host) counts errors instead of holding the run.
+                await asyncio.wait_for(client.infer(model, inputs, outputs=outputs), REQUEST_TIMEOUT_S)
                 ok = True
             except Exception:  # noqa: BLE001 - counted, the load goes on
                 ok = False

@@ -174,6 +174,11 @@ def process(command: list[str], ready_url: str | None, env: dict, timeout_s: flo
         log.close()
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'640x480,1920x1080' -> [(640, 480), (1920, 1080)]."""
+    return [(int(width), int(height)) for width, height in (size.split("x") for size in text.split(","))]
+
+
 def photo_jpeg(name: str, width: int, height: int) -> bytes:
     """skimage's photo `name` at width x height, as a JPEG of quality 90."""
     import io
@@ -258,7 +263,7 @@ def measure_forward(args, folder: Path) -> dict:
     # A lone request runs in one worker, with that worker's share of the cores.
     embedder.adopt_thread()
     latency = batch_one_latency_ms(embedder)
-    width, height = (int(v) for v in args.sizes.split(",")[0].split("x"))
+    width, height = parse_sizes(args.sizes)[0]
     latency_after_decoding = batch_one_after_decoding_ms(embedder, photo_jpeg(PHOTOS[0], width, height))
     torch.set_num_threads(os.cpu_count() or 1)
     del embedder
@@ -321,7 +326,7 @@ def main(argv=None) -> dict:
     forward = measure_forward(args, folder)
     print(f"raw forward: eager fp32 {forward['eager_fp32']}, configured {forward['configured']}", flush=True)
 
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = parse_sizes(args.sizes)
     cells = []
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp)

@@ -67,10 +67,10 @@ class FastPreprocessor(Preprocessor):
     """Pillow and numpy for simple resize/crop/normalise processors."""
 
     fast = True
+    _load_processor: Callable[[], Any]  # only from_steps' instances start without the processor
 
     def __init__(self, processor, resize: tuple[str, Any], crop: tuple[int, int] | None):
         super().__init__(processor)
-        self._load_processor: Callable[[], Any] = lambda: processor
         self._set_steps(resize, crop, Image.Resampling(processor.resample), processor_affine(processor))
 
     @classmethod

@@ -47,7 +47,9 @@ EQUIVALENT_COSINE = 0.99999  # OpenVINO float32 must give torch's float32 embedd
 # the two OpenVINO hints' readings swung by up to 21% between start-ups (DINOv2-S's latency
 # hint: 16.9 to 29.6 img/s), while batch-1 latency told them apart by 1.5 to 2 times and
 # the latency hint served as many images at 16 clients; the throughput hint's real gains,
-# several streams on many cores, are larger than that.
+# several streams on many cores, are larger than that. (Not everywhere: on 2 AVX2-only
+# cores it served DINOv2-S 18-20% more at 16 clients, with a batch-1 forward 1.8x slower;
+# docs/benchmarks.md. Lone requests keep the latency hint; a full-load deployment sets it.)
 NEAR_BEST = 0.75
 PROBE_SECONDS = 1.0  # throughput measured per candidate, in PROBE_ROUNDS rounds
 # The best round counts: a neighbour's burst on a shared machine slows one round, not the

@@ -35,7 +35,7 @@ from pathlib import Path
 from bench.models import prepare_model
 from bench.photos import PHOTOS
 from bench.reports import RESULTS, write_report
-from bench.run import ROOT, app_command, free_port, process
+from bench.run import ROOT, app_command, free_port, parse_sizes, process
 
 RATE = re.compile(r"(\d+) embedded in ([\d.]+) s")
 
@@ -196,8 +196,8 @@ def main(argv=None) -> dict:
         "sizes": {},
     }
     for size_text in args.sizes.split(","):
-        size = tuple(int(v) for v in size_text.split("x"))
-        photos = write_distinct_photos(args.photos, size, args.count)  # type: ignore[arg-type]
+        [size] = parse_sizes(size_text)
+        photos = write_distinct_photos(args.photos, size, args.count)
         cells: dict = {}
         with tempfile.TemporaryDirectory() as tmp:
             # The first --count photos for all three (the folder may hold more from a larger run).

@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.models import prepare_model
 from bench.reports import RESULTS, write_report
-from bench.run import app_command, free_port, process, write_photos
+from bench.run import app_command, free_port, parse_sizes, process, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench"
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
     folder = prepare_model(args.model, args.cache)
-    size = tuple(int(v) for v in args.size.split("x"))
+    [size] = parse_sizes(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         names = write_photos(Path(tmp), [size])[size]
         photos = [(Path(tmp) / name).read_bytes() for name in names]

@@ -44,24 +44,20 @@ def cluster():
     loaded machine (two busy processes on two cores) starved them (the module did not end in
     18 minutes; 4 minutes at niceness 0). The tests check what the pipeline does, not how it
     yields to other work."""
-    previous = os.environ.get("RAY_worker_niceness")
-    os.environ["RAY_worker_niceness"] = "0"  # read by each node's raylet as it starts
-    started = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": STORE, "include_dashboard": False},
-    )
-    started.add_node(num_cpus=2, object_store_memory=STORE)
-    started.wait_for_nodes()
-    ray.init(address=started.address, log_to_driver=False)
-    try:
-        yield started
-    finally:
-        ray.shutdown()
-        started.shutdown()
-        if previous is None:
-            os.environ.pop("RAY_worker_niceness", None)
-        else:
-            os.environ["RAY_worker_niceness"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_worker_niceness", "0")  # read by each node's raylet as it starts
+        started = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "object_store_memory": STORE, "include_dashboard": False},
+        )
+        started.add_node(num_cpus=2, object_store_memory=STORE)
+        started.wait_for_nodes()
+        ray.init(address=started.address, log_to_driver=False)
+        try:
+            yield started
+        finally:
+            ray.shutdown()
+            started.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--model", default="mobilenet-v2", help="mobilenet-v2, a bench shape or a folder")
     parser.add_argument("--hints", default="latency,throughput")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8, help="per cell")
     parser.add_argument("--size", default="640x480")
@@ -112,21 +112,23 @@ def main(argv=None) -> dict:
 
 def table(rows: list[dict], clients: int) -> str:
     lines = [
-        f"| hint | {clients} clients img/s | p50 ms | server CPU ms/img | lone p50 ms | lone p95 ms |",
-        "|---|---|---|---|---|---|",
+        f"| hint | {clients} clients img/s | p50 ms | server CPU ms/img | lone p50 ms | lone p95 ms "
+        "| errors |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         loaded, lone = row["loaded"], row["lone"]
         lines.append(
             f"| {row['hint']} | {loaded['images_per_second']:.1f} | {loaded['p50_ms']:.0f} | "
-            f"{loaded['server_cpu_ms_per_image']:.2f} | {lone['p50_ms']:.1f} | {lone['p95_ms']:.1f} |"
+            f"{loaded['server_cpu_ms_per_image']:.2f} | {lone['p50_ms']:.1f} | {lone['p95_ms']:.1f} | "
+            f"{loaded['errors'] + lone['errors']} |"
         )
     return "\n".join(lines)
 
 
 def summarise(rounds: list[list[dict]], hints: list[str]) -> dict:
-    """Per hint: the median img/s and lone p50 over the rounds, and the median of its
-    per-round ratios to the first hint's (each ratio from one round)."""
+    """Per hint: the median img/s, server CPU per image and lone p50 over the rounds, and
+    the median of its per-round ratios to the first hint's (each ratio from one round)."""
     summary = {}
     for index, hint in enumerate(hints):
         rate = [r[index]["loaded"]["images_per_second"] for r in rounds]
@@ -135,7 +137,9 @@ def summarise(rounds: list[list[dict]], hints: list[str]) -> dict:
             r[index]["loaded"]["images_per_second"] / r[0]["loaded"]["images_per_second"] for r in rounds
         ]
         lone_ratio = [r[index]["lone"]["p50_ms"] / r[0]["lone"]["p50_ms"] for r in rounds]
+        cpu = [r[index]["loaded"]["server_cpu_ms_per_image"] for r in rounds]
         summary[hint] = {
+            "server_cpu_ms_per_image": statistics.median(cpu),
             "images_per_second": statistics.median(rate),
             "images_per_second_ratio": statistics.median(rate_ratio),
             "lone_p50_ms": statistics.median(lone),
@@ -145,10 +149,14 @@ def summarise(rounds: list[list[dict]], hints: list[str]) -> dict:
 
 
 def summary_table(summary: dict, args) -> str:
-    lines = [f"| hint | {args.clients} clients img/s (x) | lone p50 ms (x) |", "|---|---|---|"]
+    lines = [
+        f"| hint | {args.clients} clients img/s (x) | server CPU ms/img | lone p50 ms (x) |",
+        "|---|---|---|---|",
+    ]
     for hint, s in summary.items():
         lines.append(
             f"| {hint} | {s['images_per_second']:.1f} ({s['images_per_second_ratio']:.2f}x) | "
+            f"{s['server_cpu_ms_per_image']:.2f} | "
             f"{s['lone_p50_ms']:.1f} ({s['lone_p50_ratio']:.2f}x) |"
         )
     return "\n".join(lines)

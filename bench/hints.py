@@ -59,14 +59,13 @@ def parse_args(argv=None):
     return args
 
 
-def measure(args, folder: Path, hint: str, photos: Path, files: list[str]) -> dict:
+def measure(args, folder: Path, hint: str, bodies: list[bytes]) -> dict:
     """One fresh server with `hint`: the loaded cell, then the lone client."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
     port = free_port()
     flags = ["--runtime", "openvino", "--openvino-hint", hint, "--max-batch-size", str(args.max_batch_size)]
     command = app_command(folder, "bench", port, *flags, "--model-cache-dir", str(args.cache))
     base = f"http://127.0.0.1:{port}"
-    bodies = request_bodies(files, photos, "", "data_uri", 1)
     row: dict = {"hint": hint}
     with process(command, f"{base}/v2/health/ready", env) as server:
         for name, clients in (("loaded", args.clients), ("lone", 1)):
@@ -87,14 +86,14 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     folder = prepare_model(args.model, args.cache)
-    width, height = parse_sizes(args.size)[0]
-    rounds = []
+    [size] = parse_sizes(args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_photos(Path(tmp), [(width, height)])[(width, height)]
-        for number in range(1, args.rounds + 1):
-            rows = [measure(args, folder, hint, Path(tmp), files) for hint in args.hints]
-            rounds.append(rows)
-            print(f"\nround {number}\n" + table(rows, args.clients), flush=True)
+        bodies = request_bodies(write_photos(Path(tmp), [size])[size], Path(tmp), "", "data_uri", 1)
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        rows = [measure(args, folder, hint, bodies) for hint in args.hints]
+        rounds.append(rows)
+        print(f"\nround {number}\n" + table(rows, args.clients), flush=True)
     summary = summarise(rounds, args.hints)
     print(
         "\nmedian over rounds (ratio to the first hint's in the same round)\n" + summary_table(summary, args)

@@ -78,6 +78,7 @@ def measure(args, folder: Path, hint: str, bodies: list[bytes]) -> dict:
                 "p95_ms": result.p95_ms,
                 "errors": result.errors,
                 "server_cpu_ms_per_image": server_cpu_ms_per_image(before, after, cpu, 1),
+                "client_cpu_ms_per_image": result.client_cpu_ms_per_image,
             }
     return row
 
@@ -111,15 +112,16 @@ def main(argv=None) -> dict:
 
 def table(rows: list[dict], clients: int) -> str:
     lines = [
-        f"| hint | {clients} clients img/s | p50 ms | server CPU ms/img | lone p50 ms | lone p95 ms "
-        "| errors |",
-        "|---|---|---|---|---|---|---|",
+        f"| hint | {clients} clients img/s | p50 ms | server CPU ms/img | client CPU ms/img "
+        "| lone p50 ms | lone p95 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         loaded, lone = row["loaded"], row["lone"]
         lines.append(
             f"| {row['hint']} | {loaded['images_per_second']:.1f} | {loaded['p50_ms']:.0f} | "
-            f"{loaded['server_cpu_ms_per_image']:.2f} | {lone['p50_ms']:.1f} | {lone['p95_ms']:.1f} | "
+            f"{loaded['server_cpu_ms_per_image']:.2f} | {loaded['client_cpu_ms_per_image']:.2f} | "
+            f"{lone['p50_ms']:.1f} | {lone['p95_ms']:.1f} | "
             f"{loaded['errors'] + lone['errors']} |"
         )
     return "\n".join(lines)

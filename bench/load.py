@@ -21,6 +21,9 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     error_samples: list[str]
+    # The load generator's own CPU per image answered (its event loop thread, which runs
+    # every client): on one machine it is taken from the server's cores.
+    client_cpu_ms_per_image: float
 
 
 async def _drive(
@@ -29,6 +32,8 @@ async def _drive(
     latencies: list[float] = []
     errors = 0
     samples: list[str] = []
+    answered_images = 0  # every 200, warm-up and window edges included: what the CPU paid for
+    cpu_started = time.thread_time()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         start = time.perf_counter()
@@ -37,7 +42,7 @@ async def _drive(
         completed_images = 0
 
         async def one_client(offset: int):
-            nonlocal errors, completed_images
+            nonlocal errors, completed_images, answered_images
             i = offset
             while time.perf_counter() < stop_at:
                 sent = time.perf_counter()
@@ -46,6 +51,8 @@ async def _drive(
                 )
                 done = time.perf_counter()
                 i += clients
+                if response.status_code == 200:
+                    answered_images += images_per_request
                 # Throughput counts what completes inside the window, whenever it was sent:
                 # counting only requests sent inside it undercounts long-latency cells.
                 if not measure_from <= done <= stop_at:
@@ -60,11 +67,14 @@ async def _drive(
 
         await asyncio.gather(*(one_client(k) for k in range(clients)))
         elapsed = stop_at - measure_from
-    return latencies, errors, completed_images / elapsed, samples
+    client_cpu_ms = (
+        1000 * (time.thread_time() - cpu_started) / answered_images if answered_images else float("nan")
+    )
+    return latencies, errors, completed_images / elapsed, samples, client_cpu_ms
 
 
 def run_load(url, bodies, images_per_request, clients, seconds, warmup_s=1.5) -> LoadResult:
-    latencies, errors, rate, samples = asyncio.run(
+    latencies, errors, rate, samples, client_cpu_ms = asyncio.run(
         _drive(url, bodies, images_per_request, clients, seconds, warmup_s)
     )
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
@@ -78,4 +88,5 @@ def run_load(url, bodies, images_per_request, clients, seconds, warmup_s=1.5) ->
         p95_ms=float(np.percentile(ms, 95)),
         p99_ms=float(np.percentile(ms, 99)),
         error_samples=samples,
+        client_cpu_ms_per_image=client_cpu_ms,
     )

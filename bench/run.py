@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from app.cpus import usable_cpus
 from bench.forward import (
     batch_one_after_decoding_ms,
     batch_one_latency_ms,
@@ -313,6 +314,12 @@ def server_cpu_ms_per_image(before: dict | None, after: dict | None, cpu_s: floa
     return 1000 * cpu_s / images if images else float("nan")
 
 
+def cpu_bound_rate(server_cpu_ms: float, client_cpu_ms: float) -> float:
+    """The img/s this machine's cores allow when the server and the load generator share
+    them, each image costing both their CPU: a cell near it is bound by the machine."""
+    return 1000 * usable_cpus() / (server_cpu_ms + client_cpu_ms)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
@@ -360,6 +367,9 @@ def main(argv=None) -> dict:
                         cell["server_cpu_ms_per_image"] = server_cpu_ms_per_image(
                             before, after, cpu, per_request
                         )
+                        cell["cpu_bound_images_per_second"] = cpu_bound_rate(
+                            cell["server_cpu_ms_per_image"], result.client_cpu_ms_per_image
+                        )
                         if forward["forward_cpu_ms_per_image"]:
                             cell["server_cpu_over_forward_cpu"] = (
                                 cell["server_cpu_ms_per_image"] / forward["forward_cpu_ms_per_image"]
@@ -390,6 +400,7 @@ def format_row(cell: dict) -> str:
         f"| {cell['vs_configured_forward']:.2f}x | {cell['vs_eager_fp32']:.2f}x "
         f"| {cell['server_request_ms']:.0f} | {cell['server_forward_ms']:.0f} "
         f"| {cell['server_cpu_ms_per_image']:.2f} ({ratio:.2f}x) "
+        f"| {cell['client_cpu_ms_per_image']:.2f} | {cell['cpu_bound_images_per_second']:.0f} "
         f"| {cell['errors']} |"
     )
 
@@ -408,12 +419,14 @@ def markdown(report: dict) -> str:
         f"the forward's CPU per image {forward['forward_cpu_ms_per_image'] or float('nan'):.2f} ms.",
         "Server ms: mean time per request inside the server, and per forward pass it ran (its "
         "statistics; nan with several workers, each of which counts its own). Server CPU: the "
-        "server process's CPU time per image answered, and its ratio to the forward's.",
+        "server process's CPU time per image answered, and its ratio to the forward's. Client "
+        "CPU: the load generator's, on the same cores; CPU-bound img/s: what the cores allow "
+        "at the server's and the client's CPU per image together.",
         "",
         "| photo | sent as | clients | images/request | img/s | p50 ms | p95 ms | p99 ms "
         "| vs configured forward | vs eager fp32 | server ms/request | server ms/forward "
-        "| server CPU ms/img | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU ms/img | client CPU ms/img | CPU-bound img/s | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(format_row(cell) for cell in report["cells"]),
     ]
     return "\n".join(lines)

@@ -421,7 +421,8 @@ def markdown(report: dict) -> str:
         "statistics; nan with several workers, each of which counts its own). Server CPU: the "
         "server process's CPU time per image answered, and its ratio to the forward's. Client "
         "CPU: the load generator's, on the same cores; CPU-bound img/s: what the cores allow "
-        "at the server's and the client's CPU per image together.",
+        "at the server's and the client's CPU per image together (URL cells: the static image "
+        "server's CPU not counted).",
         "",
         "| photo | sent as | clients | images/request | img/s | p50 ms | p95 ms | p99 ms "
         "| vs configured forward | vs eager fp32 | server ms/request | server ms/forward "
